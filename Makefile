@@ -1,0 +1,51 @@
+# trainforge developer entry points. `make help` lists them.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+CLUSTER := python3 hack/cluster/cluster.py
+PYTEST_ARGS ?=
+
+.PHONY: help setup test lint fmt unit crds cluster-build cluster-up cluster-down cluster-status demo bench
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet --progress-bar off -e '.[dev,trainer]'
+	touch $@
+
+setup: $(VENV)/.installed ## create .venv with the project and its dev + trainer extras
+
+lint: setup ## ruff + mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: setup ## format and autofix
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+crds: setup ## regenerate crds/ (and the chart's copy) from the pydantic models
+	$(PY) -m trainforge.api.crdgen
+
+cluster-build: ## build the control-plane binaries into the cache (once per version)
+	bash hack/cluster/build.sh
+
+cluster-up: cluster-build ## start the local control plane (.cluster/kubeconfig)
+	$(CLUSTER) up
+
+cluster-down: ## stop the local control plane and remove its state
+	$(CLUSTER) down
+
+cluster-status: ## show the local control plane's processes and nodes
+	$(CLUSTER) status
+
+unit: setup ## fast tests only (no cluster, no multi-process torch)
+	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
+
+test: setup cluster-build lint ## everything CI runs: lint, unit, trainer, cluster and helm tests
+	$(BIN)/pytest -q -ra tests $(PYTEST_ARGS)

@@ -1,0 +1,21 @@
+"""The trainforge CRDs as pydantic models; the CRD YAML in crds/ is generated from them."""
+
+from trainforge.api.common import Condition, InvalidSpec, describe_errors
+from trainforge.api.trainingjob import (
+    TrainingJob,
+    TrainingJobSpec,
+    TrainingJobStatus,
+    parse_training_job,
+    parse_training_job_spec,
+)
+
+__all__ = [
+    "Condition",
+    "InvalidSpec",
+    "TrainingJob",
+    "TrainingJobSpec",
+    "TrainingJobStatus",
+    "describe_errors",
+    "parse_training_job",
+    "parse_training_job_spec",
+]

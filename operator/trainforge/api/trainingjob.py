@@ -1,0 +1,763 @@
+"""TrainingJob (trainforge.io/v1alpha1): spec and status models, the source of the CRD.
+
+Every cross-field rule exists twice, side by side: as a CEL rule in `json_schema_extra` (the
+API server enforces it) and as a Python validator (the operator and `trainforge local run`
+enforce it on manifests that never met a server). Keep the two in step; the unit tests and
+the cluster validation tests use the same invalid manifests against both.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
+
+from trainforge import contract
+from trainforge.api.common import (
+    DNS_1035_LABEL_PATTERN,
+    DNS_LABEL_PATTERN,
+    DNS_SUBDOMAIN_PATTERN,
+    ENV_NAME_PATTERN,
+    LABEL_KEY_PATTERN,
+    RESOURCE_NAME_PATTERN,
+    ApiModel,
+    Condition,
+    InvalidSpec,
+    Quantity,
+    cel,
+    cel_rules,
+    describe_errors,
+)
+
+KIND = "TrainingJob"
+PLURAL = "trainingjobs"
+
+MAX_WORKERS = 1024
+# Pod hostnames are `<job>-worker-<index>` and must be DNS labels (at most 63 characters).
+MAX_HOSTNAME = 63
+WORKER_INFIX = "-worker-"
+
+# Environment the operator sets on every worker; user env may not shadow it, because a
+# silently different WORLD_SIZE or RANK hangs the whole gang at rendezvous.
+OPERATOR_ENV_NAMES = (
+    contract.ENV_MASTER_ADDR,
+    contract.ENV_MASTER_PORT,
+    contract.ENV_WORLD_SIZE,
+    contract.ENV_RANK,
+    contract.ENV_LOCAL_RANK,
+    contract.ENV_NNODES,
+    contract.ENV_NODE_RANK,
+    contract.ENV_NPROC_PER_NODE,
+)
+OPERATOR_ENV_PREFIXES = ("PET_", "TRAINFORGE_")
+# Label/annotation prefix only the operator writes (job name, worker index, restart attempt).
+RESERVED_LABEL_PREFIX = f"{contract.GROUP}/"
+# Pod fields the operator owns: the rendezvous address depends on hostname and subdomain, and
+# gang restarts depend on pods never restarting in place.
+OPERATOR_POD_FIELDS = ("restartPolicy", "hostname", "subdomain")
+# While the job is in one of these phases the gang's shape is fixed: changing it would leave
+# running workers that disagree with the spec about the world they belong to.
+LOCKED_PHASES = ("Running", "Restarting", "Succeeded", "Failed")
+IMMUTABLE_WHILE_RUNNING = ("workers", "procsPerWorker", "resources", "network", "checkpoint")
+
+Phase = Literal["Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
+GangPolicy = Literal["None", "Volcano", "Coscheduling", "Kueue"]
+AccessMode = Literal["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany", "ReadWriteOncePod"]
+
+CommandPart = Annotated[str, Field(max_length=4096)]
+LabelKey = Annotated[str, Field(max_length=317, pattern=LABEL_KEY_PATTERN)]
+ResourceName = Annotated[str, Field(max_length=253, pattern=RESOURCE_NAME_PATTERN)]
+
+
+def _cel_list(values: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{value}'" for value in values) + "]"
+
+
+# --- environment ---------------------------------------------------------------------------
+
+
+def _is_operator_env(name: str) -> bool:
+    return name in OPERATOR_ENV_NAMES or name.startswith(OPERATOR_ENV_PREFIXES)
+
+
+class EnvVar(ApiModel):
+    """An environment variable of the trainer container (core/v1 EnvVar)."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel(
+                f"!(self.name in {_cel_list(OPERATOR_ENV_NAMES)})"
+                + "".join(f" && !self.name.startsWith('{p}')" for p in OPERATOR_ENV_PREFIXES),
+                message_expression=(
+                    "'env ' + self.name + ' is set by trainforge for every worker "
+                    "(MASTER_*, WORLD_SIZE, RANK, LOCAL_RANK, NNODES, NODE_RANK, "
+                    "NPROC_PER_NODE, PET_*, TRAINFORGE_*); remove it or use another name'"
+                ),
+                field_path=".name",
+            ),
+            cel(
+                "!(has(self.value) && has(self.valueFrom))",
+                "set either value or valueFrom, not both",
+            ),
+        )
+    )
+
+    name: str = Field(max_length=256, pattern=ENV_NAME_PATTERN)
+    """Name of the variable."""
+    value: str | None = Field(default=None, max_length=32768)
+    """Literal value; `$(VAR)` references to earlier variables are expanded by the kubelet."""
+    value_from: dict[str, Any] | None = None
+    """Source of the value (core/v1 EnvVarSource: secretKeyRef, configMapKeyRef, fieldRef…)."""
+
+    @model_validator(mode="after")
+    def _not_owned_by_operator(self) -> EnvVar:
+        if _is_operator_env(self.name):
+            raise ValueError(
+                f"env {self.name} is set by trainforge for every worker (MASTER_*, WORLD_SIZE, "
+                "RANK, LOCAL_RANK, NNODES, NODE_RANK, NPROC_PER_NODE, PET_*, TRAINFORGE_*); "
+                "remove it or use another name"
+            )
+        if self.value is not None and self.value_from is not None:
+            raise ValueError(f"env {self.name}: set either value or valueFrom, not both")
+        return self
+
+
+# --- resources -----------------------------------------------------------------------------
+
+
+class Resources(ApiModel):
+    """Compute resources of each worker pod."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel(
+                "(!has(self.requests) || !(self.gpuResource in self.requests))"
+                " && (!has(self.limits) || !(self.gpuResource in self.limits))",
+                message_expression=(
+                    "'do not list ' + self.gpuResource + ' in requests or limits; "
+                    "set resources.gpusPerWorker instead'"
+                ),
+            ),
+        )
+    )
+
+    gpus_per_worker: int = Field(default=0, ge=0, le=64)
+    """GPUs per worker pod (requests = limits). 0 trains on CPU."""
+    gpu_resource: ResourceName = "nvidia.com/gpu"
+    """Extended resource that provides a GPU, e.g. nvidia.com/gpu or a MIG profile such as
+    nvidia.com/mig-1g.10gb."""
+    requests: dict[ResourceName, Quantity] = Field(default_factory=dict, max_length=16)
+    """Resource requests of the trainer container besides GPUs, e.g. {cpu: 8, memory: 64Gi}."""
+    limits: dict[ResourceName, Quantity] = Field(default_factory=dict, max_length=16)
+    """Resource limits of the trainer container besides GPUs."""
+    shared_memory: Quantity = "1Gi"
+    """Size limit of the memory-backed /dev/shm (data loader workers and NCCL use it); it
+    counts against the container's memory limit."""
+
+    @model_validator(mode="after")
+    def _gpus_only_via_gpus_per_worker(self) -> Resources:
+        for field, values in (("requests", self.requests), ("limits", self.limits)):
+            if self.gpu_resource in values:
+                raise ValueError(
+                    f"do not list {self.gpu_resource} in {field} (got "
+                    f"{values[self.gpu_resource]}); set resources.gpusPerWorker instead"
+                )
+        return self
+
+
+# --- network -------------------------------------------------------------------------------
+
+
+class RdmaNetwork(ApiModel):
+    """A Multus NetworkAttachmentDefinition attached to every worker (one RDMA rail)."""
+
+    name: str = Field(max_length=63, pattern=DNS_LABEL_PATTERN)
+    """Name of the NetworkAttachmentDefinition."""
+    namespace: str | None = Field(default=None, max_length=63, pattern=DNS_LABEL_PATTERN)
+    """Namespace of the NetworkAttachmentDefinition; default: the job's namespace."""
+    interface: str | None = Field(default=None, max_length=15, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Interface name inside the pod, e.g. net1; default: chosen by Multus."""
+
+
+NcclList = Annotated[str, Field(max_length=256, pattern=r"^[=^]?[A-Za-z0-9_.:,-]+$")]
+
+
+class Nccl(ApiModel):
+    """NCCL settings passed as environment variables; unset fields keep NCCL's defaults."""
+
+    socket_if_name: NcclList | None = None
+    """NCCL_SOCKET_IFNAME: interfaces for NCCL's TCP bootstrap, e.g. eth0 or ^lo,docker."""
+    ib_hca: NcclList | None = Field(default=None, alias="ibHCA")
+    """NCCL_IB_HCA: RDMA devices to use, e.g. mlx5_0:1,mlx5_1:1 or =mlx5_0."""
+    gid_index: int | None = Field(default=None, ge=0, le=255)
+    """NCCL_IB_GID_INDEX: RoCE GID index (often 3 for RoCEv2)."""
+    gdr_level: Literal["LOC", "PIX", "PXB", "PHB", "SYS"] | None = None
+    """NCCL_NET_GDR_LEVEL: how far GPUDirect RDMA may reach between NIC and GPU."""
+    debug: Literal["VERSION", "WARN", "INFO", "TRACE"] | None = None
+    """NCCL_DEBUG: log level of NCCL."""
+
+
+class Rdma(ApiModel):
+    """RDMA networking: Multus attachments, RDMA device resources and NCCL settings. Workers
+    also get the IPC_LOCK capability (to pin memory) and a memory-backed /dev/shm."""
+
+    networks: list[RdmaNetwork] = Field(default_factory=list, max_length=16)
+    """Networks to attach, rendered into the k8s.v1.cni.cncf.io/networks annotation."""
+    resources: dict[ResourceName, Quantity] = Field(default_factory=dict, max_length=16)
+    """RDMA device-plugin resources per worker (requests = limits), e.g.
+    {rdma/rdma_shared_device_a: 1}."""
+    nccl: Nccl = Field(default_factory=Nccl)
+    """NCCL environment for the RDMA fabric."""
+
+
+class Network(ApiModel):
+    """Networking of the worker pods beyond the pod network."""
+
+    rdma: Rdma | None = None
+    """RDMA (InfiniBand or RoCE) for GPU-to-GPU traffic across nodes."""
+
+
+# --- checkpoint ----------------------------------------------------------------------------
+
+
+def _shared_by_all_workers() -> list[AccessMode]:
+    return ["ReadWriteMany"]
+
+
+class VolumeClaimTemplate(ApiModel):
+    """A PersistentVolumeClaim `<job>-checkpoints` the operator creates and owns (deleted with
+    the job)."""
+
+    size: Quantity
+    """Requested storage, e.g. 100Gi."""
+    storage_class_name: str | None = Field(
+        default=None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN
+    )
+    """StorageClass; default: the cluster's default class."""
+    access_modes: list[AccessMode] = Field(
+        default_factory=_shared_by_all_workers, min_length=1, max_length=4
+    )
+    """Access modes; every worker writes its checkpoint shards to the same volume, so more
+    than one worker on different nodes needs ReadWriteMany."""
+
+
+class Checkpoint(ApiModel):
+    """Where and how often the trainer checkpoints; a restarted gang resumes from here."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel(
+                "has(self.claimName) != has(self.volumeClaimTemplate)",
+                "set exactly one of checkpoint.claimName (an existing PVC) or "
+                "checkpoint.volumeClaimTemplate (a PVC the operator creates)",
+            ),
+            cel(
+                f"self.mountPath != '{contract.SHM_MOUNT}'",
+                f"checkpoint.mountPath must not be {contract.SHM_MOUNT} (the shared-memory "
+                "mount); use e.g. /checkpoints",
+                field_path=".mountPath",
+            ),
+        )
+    )
+
+    claim_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+    """An existing PersistentVolumeClaim in the job's namespace."""
+    volume_claim_template: VolumeClaimTemplate | None = None
+    """Have the operator create the claim `<job>-checkpoints`."""
+    mount_path: str = Field(
+        default=contract.DEFAULT_CHECKPOINT_MOUNT, max_length=256, pattern=r"^/[^:]*$"
+    )
+    """Mount path in the worker (TRAINFORGE_CHECKPOINT_DIR)."""
+    every_steps: int | None = Field(default=None, ge=1, le=1_000_000_000)
+    """Checkpoint every N optimizer steps; default: the trainer's. Overrides
+    trainer.checkpoint.everySteps."""
+    every_seconds: int | None = Field(default=None, ge=1, le=604_800)
+    """Checkpoint at least every N seconds; default: the trainer's. Overrides
+    trainer.checkpoint.everySeconds."""
+    keep_last: int = Field(default=3, ge=1, le=1000)
+    """Number of committed checkpoints to keep; older ones are deleted. Overrides
+    trainer.checkpoint.keepLast."""
+
+    @model_validator(mode="after")
+    def _one_claim_source(self) -> Checkpoint:
+        if (self.claim_name is None) == (self.volume_claim_template is None):
+            got = "both" if self.claim_name is not None else "neither"
+            raise ValueError(
+                "set exactly one of checkpoint.claimName (an existing PVC) or "
+                f"checkpoint.volumeClaimTemplate (a PVC the operator creates); got {got}"
+            )
+        if self.mount_path == contract.SHM_MOUNT:
+            raise ValueError(
+                f"checkpoint.mountPath must not be {contract.SHM_MOUNT} (the shared-memory "
+                "mount); use e.g. /checkpoints"
+            )
+        return self
+
+
+# --- failure policy ------------------------------------------------------------------------
+
+
+class FailurePolicy(ApiModel):
+    """What a failed worker does to the job. Any failure restarts the whole gang from the last
+    checkpoint; evictions and preemptions restart it without counting."""
+
+    max_restarts: int = Field(default=3, ge=0, le=1000)
+    """Gang restarts allowed before the job fails."""
+    fail_on_exit_codes: list[Annotated[int, Field(ge=1, le=255)]] = Field(
+        default_factory=list, max_length=32
+    )
+    """Exit codes that fail the job at once instead of restarting the gang. 78 (the bundled
+    trainer's configuration error) always does."""
+
+
+# --- scheduling ----------------------------------------------------------------------------
+
+
+class Gang(ApiModel):
+    """All-or-nothing scheduling of the workers, so a half-placed gang does not hold GPUs."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel(
+                "!has(self.scheduleTimeoutSeconds) || self.policy == 'Coscheduling'",
+                "gang.scheduleTimeoutSeconds applies only to policy Coscheduling",
+                field_path=".scheduleTimeoutSeconds",
+            ),
+        )
+    )
+
+    policy: GangPolicy = "None"
+    """None: plain pods. Volcano: a Volcano PodGroup and schedulerName volcano. Coscheduling:
+    a scheduler-plugins PodGroup (set schedulerName to your coscheduling scheduler). Kueue:
+    a Kueue pod group admitted through scheduling.queueName."""
+    schedule_timeout_seconds: int | None = Field(default=None, ge=1, le=86_400)
+    """Coscheduling: how long the gang may wait for all workers to fit."""
+
+    @model_validator(mode="after")
+    def _timeout_only_for_coscheduling(self) -> Gang:
+        if self.schedule_timeout_seconds is not None and self.policy != "Coscheduling":
+            raise ValueError(
+                "gang.scheduleTimeoutSeconds applies only to policy Coscheduling "
+                f"(policy is {self.policy}); remove it"
+            )
+        return self
+
+
+class Scheduling(ApiModel):
+    """Where and how the worker pods are scheduled."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel(
+                "self.gang.policy != 'Kueue' || has(self.queueName)",
+                "gang policy Kueue needs scheduling.queueName (the Kueue LocalQueue)",
+                field_path=".queueName",
+            ),
+            cel(
+                "!has(self.queueName) || self.gang.policy in ['Volcano', 'Kueue']",
+                "scheduling.queueName applies only to gang policy Volcano or Kueue",
+                field_path=".queueName",
+            ),
+            cel(
+                "self.gang.policy != 'Volcano' || !has(self.schedulerName)"
+                " || self.schedulerName == 'volcano'",
+                "gang policy Volcano schedules with schedulerName volcano; remove "
+                "scheduling.schedulerName",
+                field_path=".schedulerName",
+            ),
+        )
+    )
+
+    scheduler_name: str | None = Field(default=None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+    """Scheduler of the worker pods; default: the cluster's (volcano with gang policy
+    Volcano)."""
+    priority_class_name: str | None = Field(
+        default=None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN
+    )
+    """PriorityClass of the worker pods."""
+    node_selector: dict[LabelKey, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict, max_length=32
+    )
+    """Node labels the workers require."""
+    tolerations: list[dict[str, Any]] = Field(default_factory=list, max_length=32)
+    """Tolerations (core/v1 Toleration); the nvidia.com/gpu toleration is added when GPUs are
+    requested."""
+    affinity: dict[str, Any] | None = None
+    """Affinity (core/v1 Affinity); spreadWorkers adds a pod anti-affinity term."""
+    spread_workers: bool = False
+    """Place at most one worker of this job per node."""
+    queue_name: str | None = Field(default=None, max_length=63, pattern=DNS_LABEL_PATTERN)
+    """Queue the gang is admitted through: the Volcano queue or the Kueue LocalQueue."""
+    gang: Gang = Field(default_factory=Gang)
+    """Gang scheduling policy."""
+
+    @model_validator(mode="after")
+    def _gang_settings_agree(self) -> Scheduling:
+        policy = self.gang.policy
+        if policy == "Kueue" and self.queue_name is None:
+            raise ValueError("gang policy Kueue needs scheduling.queueName (the Kueue LocalQueue)")
+        if self.queue_name is not None and policy not in ("Volcano", "Kueue"):
+            raise ValueError(
+                f"scheduling.queueName applies only to gang policy Volcano or Kueue (policy is "
+                f"{policy}); remove it or choose a policy"
+            )
+        if policy == "Volcano" and self.scheduler_name not in (None, "volcano"):
+            raise ValueError(
+                "gang policy Volcano schedules with schedulerName volcano (got "
+                f"{self.scheduler_name}); remove scheduling.schedulerName"
+            )
+        return self
+
+
+# --- pod template --------------------------------------------------------------------------
+
+
+def _no_reserved_keys(values: dict[str, str]) -> dict[str, str]:
+    reserved = sorted(key for key in values if key.startswith(RESERVED_LABEL_PREFIX))
+    if reserved:
+        raise ValueError(
+            f"keys under {RESERVED_LABEL_PREFIX} are set by trainforge (got {reserved}); "
+            "remove them"
+        )
+    return values
+
+
+_RESERVED_KEYS_RULE = cel(
+    f"self.all(k, !k.startsWith('{RESERVED_LABEL_PREFIX}'))",
+    f"keys under {RESERVED_LABEL_PREFIX} are set by trainforge; remove them",
+)
+TemplateMap = Annotated[
+    dict[LabelKey, Annotated[str, Field(max_length=65536)]],
+    Field(max_length=64, json_schema_extra=cel_rules(_RESERVED_KEYS_RULE)),
+    AfterValidator(_no_reserved_keys),
+]
+
+
+class PodTemplateMetadata(ApiModel):
+    """Labels and annotations added to every worker pod."""
+
+    labels: TemplateMap = Field(default_factory=dict)
+    """Extra labels; labels the operator sets win on conflict."""
+    annotations: TemplateMap = Field(default_factory=dict)
+    """Extra annotations; annotations the operator sets win on conflict."""
+
+
+def _no_operator_pod_fields(spec: dict[str, Any]) -> dict[str, Any]:
+    owned = [field for field in OPERATOR_POD_FIELDS if field in spec]
+    if owned:
+        raise ValueError(
+            f"podTemplate.spec must not set {', '.join(owned)}: trainforge sets them "
+            "(restartPolicy Never; hostname and subdomain for the rendezvous address)"
+        )
+    return spec
+
+
+PodSpecOverlay = Annotated[
+    dict[str, Any],
+    AfterValidator(_no_operator_pod_fields),
+    WithJsonSchema(
+        {
+            "type": "object",
+            "description": "Fields merged onto the rendered core/v1 PodSpec.",
+            "x-kubernetes-preserve-unknown-fields": True,
+            # Declared only so the CEL rule can see them; the rule forbids all three.
+            "properties": {
+                field: {"type": "string", "maxLength": 253, "description": "Set by trainforge."}
+                for field in OPERATOR_POD_FIELDS
+            },
+            "x-kubernetes-validations": [
+                cel(
+                    " && ".join(f"!has(self.{field})" for field in OPERATOR_POD_FIELDS),
+                    "podTemplate.spec must not set restartPolicy, hostname or subdomain: "
+                    "trainforge sets them",
+                )
+            ],
+        }
+    ),
+]
+
+
+class PodTemplate(ApiModel):
+    """Escape hatch merged onto each rendered worker pod. Merge rule: labels and annotations
+    are added; objects merge recursively; lists of named items (containers, initContainers,
+    env, volumes, imagePullSecrets) merge by name, volumeMounts by mountPath and ports by
+    containerPort; other lists (tolerations, topologySpreadConstraints…) are appended;
+    scalars and lists of scalars (command, args) are replaced. Target the trainer container
+    with name: trainer."""
+
+    metadata: PodTemplateMetadata = Field(default_factory=PodTemplateMetadata)
+    """Labels and annotations for the worker pods."""
+    spec: PodSpecOverlay = Field(default_factory=dict)
+    """Partial core/v1 PodSpec merged onto the rendered one, e.g. serviceAccountName,
+    securityContext, an extra sidecar or volume."""
+
+
+# --- spec ----------------------------------------------------------------------------------
+
+
+def _locked_rule(field: str) -> dict[str, str]:
+    """Transition rule: spec.<field> may not change once the gang has started."""
+    old, new = f"oldSelf.spec.{field}", f"self.spec.{field}"
+    # Optional fields may appear or vanish: compare presence first, then value.
+    same = f"(has({new}) == has({old}) && (!has({new}) || {new} == {old}))"
+    unlocked = (
+        "!has(oldSelf.status) || !has(oldSelf.status.phase) || "
+        f"!(oldSelf.status.phase in {_cel_list(LOCKED_PHASES)})"
+    )
+    return cel(
+        f"{unlocked} || {same}",
+        message_expression=(
+            f"'spec.{field} cannot change while the job is ' + oldSelf.status.phase + "
+            "'; suspend it first (spec.suspend: true) or create a new TrainingJob'"
+        ),
+        field_path=f".spec.{field}",
+    )
+
+
+class TrainingJobSpec(ApiModel):
+    """Desired state of a TrainingJob: a gang of worker pods running distributed training."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel(
+                "!has(self.procsPerWorker) || self.resources.gpusPerWorker == 0"
+                " || self.procsPerWorker <= self.resources.gpusPerWorker",
+                message_expression=(
+                    "'procsPerWorker (' + string(self.procsPerWorker) + ') must not exceed "
+                    "resources.gpusPerWorker (' + string(self.resources.gpusPerWorker) + "
+                    "'): one process per GPU at most; lower procsPerWorker or request more GPUs'"
+                ),
+                field_path=".procsPerWorker",
+            ),
+        )
+    )
+
+    workers: int = Field(default=1, ge=1, le=MAX_WORKERS)
+    """Number of worker pods (nodes) in the gang."""
+    procs_per_worker: int | None = Field(default=None, ge=1, le=128)
+    """Processes per worker (torchrun --nproc-per-node); default: gpusPerWorker, or 1 on CPU."""
+    image: str | None = Field(default=None, min_length=1, max_length=1024)
+    """Container image; default: the trainer image the operator is configured with."""
+    command: list[CommandPart] | None = Field(default=None, max_length=64)
+    """Run this instead of the bundled trainer (torchrun … -m trainforge_trainer train); the
+    distributed environment (MASTER_ADDR, WORLD_SIZE, NODE_RANK, PET_*…) is set either way."""
+    args: list[CommandPart] | None = Field(default=None, max_length=256)
+    """Arguments appended to the command (or to the bundled trainer's command)."""
+    env: list[EnvVar] = Field(default_factory=list, max_length=128)
+    """Extra environment variables of the trainer container."""
+    trainer: dict[str, Any] | None = Field(default=None, max_length=64)
+    """Configuration of the bundled trainer (recipe, model, data, steps, precision…), passed
+    as JSON in TRAINFORGE_CONFIG and validated by the trainer at start (exit code 78 when
+    invalid)."""
+    resources: Resources = Field(default_factory=Resources)
+    """Compute resources of each worker."""
+    network: Network | None = None
+    """RDMA networking."""
+    checkpoint: Checkpoint | None = None
+    """Checkpoint volume and cadence; without it a restarted gang starts from step 0."""
+    failure_policy: FailurePolicy = Field(default_factory=FailurePolicy)
+    """Restart and failure behaviour."""
+    active_deadline_seconds: int | None = Field(default=None, ge=1, le=31_536_000)
+    """Fail the job (reason DeadlineExceeded) when it has run this long since it started."""
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=31_536_000)
+    """Delete the job this long after it Succeeded or Failed; default: keep it."""
+    suspend: bool = False
+    """true deletes the worker pods and keeps the job; false resumes it from the last
+    checkpoint."""
+    scheduling: Scheduling = Field(default_factory=Scheduling)
+    """Placement and gang scheduling."""
+    pod_template: PodTemplate | None = None
+    """Overrides merged onto the rendered worker pods."""
+
+    @model_validator(mode="after")
+    def _procs_fit_gpus(self) -> TrainingJobSpec:
+        gpus = self.resources.gpus_per_worker
+        if self.procs_per_worker is not None and 0 < gpus < self.procs_per_worker:
+            raise ValueError(
+                f"procsPerWorker ({self.procs_per_worker}) must not exceed "
+                f"resources.gpusPerWorker ({gpus}): one process per GPU at most; lower "
+                "procsPerWorker or request more GPUs"
+            )
+        return self
+
+    @property
+    def effective_procs_per_worker(self) -> int:
+        """torchrun --nproc-per-node: procsPerWorker, else one per GPU, else 1."""
+        return self.procs_per_worker or self.resources.gpus_per_worker or 1
+
+    @property
+    def world_size(self) -> int:
+        return self.workers * self.effective_procs_per_worker
+
+
+# --- status --------------------------------------------------------------------------------
+
+
+class WorkerCounts(ApiModel):
+    """Worker pods of the current restart attempt by state."""
+
+    total: int = Field(default=0, ge=0, le=MAX_WORKERS)
+    """Workers the job wants (spec.workers)."""
+    pending: int = Field(default=0, ge=0, le=MAX_WORKERS)
+    """Pods created but not yet running (scheduling, pulling images)."""
+    running: int = Field(default=0, ge=0, le=MAX_WORKERS)
+    """Pods running."""
+    succeeded: int = Field(default=0, ge=0, le=MAX_WORKERS)
+    """Pods that exited 0."""
+    failed: int = Field(default=0, ge=0, le=MAX_WORKERS)
+    """Pods that failed."""
+    ready: int = Field(default=0, ge=0, le=MAX_WORKERS)
+    """Pods with condition Ready."""
+
+
+class CheckpointStatus(ApiModel):
+    """The newest committed checkpoint reported by the trainer."""
+
+    step: int = Field(ge=0, le=2**53)
+    """Training step of the checkpoint."""
+    path: str = Field(max_length=4096)
+    """Directory of the checkpoint inside the checkpoint volume."""
+    time: str | None = Field(default=None, max_length=64)
+    """RFC 3339 time the checkpoint was committed."""
+
+
+class Progress(ApiModel):
+    """Training progress reported by the trainer."""
+
+    step: int = Field(default=0, ge=0, le=2**53)
+    """Last completed optimizer step."""
+    total_steps: int | None = Field(default=None, ge=0, le=2**53)
+    """Steps the run will take."""
+    loss: float | None = Field(default=None, ge=-1e30, le=1e30)
+    """Last training loss."""
+    samples_per_second: float | None = Field(default=None, ge=0, le=1e15)
+    """Training throughput across all workers."""
+
+
+class TrainingJobStatus(ApiModel):
+    """Observed state of a TrainingJob, written by the operator."""
+
+    observed_generation: int | None = Field(default=None, ge=0, le=2**53)
+    """The .metadata.generation this status describes."""
+    phase: Phase | None = None
+    """Pending, Running, Restarting, Suspended, Succeeded or Failed (the last two are
+    final)."""
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=32,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    """Running, Restarting, Suspended, Succeeded, Failed, and kstatus Ready, Reconciling,
+    Stalled."""
+    workers: WorkerCounts | None = None
+    """Worker pods by state."""
+    restarts: int = Field(default=0, ge=0, le=1_000_000)
+    """Gang restarts so far (disruptions excluded)."""
+    start_time: str | None = Field(default=None, max_length=64)
+    """RFC 3339 time the job first had all workers running."""
+    completion_time: str | None = Field(default=None, max_length=64)
+    """RFC 3339 time the job Succeeded or Failed."""
+    checkpoint: CheckpointStatus | None = None
+    """Newest committed checkpoint."""
+    progress: Progress | None = None
+    """Training progress."""
+
+
+# --- the whole object ------------------------------------------------------------------------
+
+
+def max_name_length(workers: int) -> int:
+    """Longest job name whose last worker hostname `<name>-worker-<workers-1>` fits 63."""
+    return MAX_HOSTNAME - len(WORKER_INFIX) - len(str(workers - 1))
+
+
+# Root-level CEL rules: they need metadata.name or status next to spec.
+ROOT_RULES = [
+    cel(
+        f"self.metadata.name.matches('{DNS_1035_LABEL_PATTERN}')",
+        "metadata.name must start with a lowercase letter and contain only lowercase "
+        "letters, digits and '-' (it names the headless Service and the worker hostnames)",
+        field_path=".metadata.name",
+    ),
+    cel(
+        f"size(self.metadata.name) + size(string(self.spec.workers - 1))"
+        f" <= {MAX_HOSTNAME - len(WORKER_INFIX)}",
+        message_expression=(
+            f"'metadata.name is ' + string(size(self.metadata.name)) + ' characters; with ' + "
+            f"string(self.spec.workers) + ' workers it must be at most ' + "
+            f"string({MAX_HOSTNAME - len(WORKER_INFIX)} - size(string(self.spec.workers - 1))) + "
+            f"' so that the pod hostname <name>{WORKER_INFIX}<index> fits in {MAX_HOSTNAME} "
+            "characters; shorten the name'"
+        ),
+        field_path=".metadata.name",
+    ),
+    *(_locked_rule(field) for field in IMMUTABLE_WHILE_RUNNING),
+]
+
+
+class ObjectMeta(BaseModel):
+    """The parts of metav1.ObjectMeta trainforge reads; the server owns the rest."""
+
+    model_config = ConfigDict(alias_generator=None, extra="allow", frozen=True)
+
+    name: str = Field(max_length=253)
+    namespace: str = "default"
+    uid: str = ""
+    generation: int = 0
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class TrainingJob(ApiModel):
+    """A whole TrainingJob manifest, for clients without an API server (`trainforge local
+    run`): the same checks as the CRD, including those on metadata.name."""
+
+    api_version: Literal["trainforge.io/v1alpha1"]
+    kind: Literal["TrainingJob"]
+    metadata: ObjectMeta
+    spec: TrainingJobSpec
+    status: TrainingJobStatus | None = None
+
+    @model_validator(mode="after")
+    def _name_fits_children(self) -> TrainingJob:
+        name = self.metadata.name
+        if not re.match(DNS_1035_LABEL_PATTERN, name):
+            raise ValueError(
+                f"metadata.name {name!r} must start with a lowercase letter and contain only "
+                "lowercase letters, digits and '-' (it names the headless Service and the "
+                "worker hostnames)"
+            )
+        limit = max_name_length(self.spec.workers)
+        if len(name) > limit:
+            raise ValueError(
+                f"metadata.name is {len(name)} characters; with {self.spec.workers} workers it "
+                f"must be at most {limit} so that the pod hostname <name>{WORKER_INFIX}<index> "
+                f"fits in {MAX_HOSTNAME} characters; shorten the name"
+            )
+        return self
+
+
+def parse_training_job_spec(raw: Mapping[str, Any]) -> TrainingJobSpec:
+    """Validate a stored spec; raises InvalidSpec with one `spec.<field>: …` line per problem."""
+    try:
+        return TrainingJobSpec.model_validate(raw)
+    except ValidationError as error:
+        raise InvalidSpec(describe_errors(error, root="spec")) from None
+
+
+def parse_training_job(raw: Mapping[str, Any]) -> TrainingJob:
+    """Validate a whole manifest (metadata.name included), as `trainforge local run` reads it."""
+    try:
+        return TrainingJob.model_validate(raw)
+    except ValidationError as error:
+        raise InvalidSpec(describe_errors(error, root="")) from None

@@ -1,0 +1,89 @@
+"""What the operator and the trainer image agree on.
+
+Imported by both sides: the operator (no torch) and the trainer image (no kopf), so this
+module imports only the standard library. Changing a value here is a breaking change for
+running jobs: the operator renders these names and the trainer reads them.
+"""
+
+from __future__ import annotations
+
+GROUP = "trainforge.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+# --- labels and annotations on every child ------------------------------------------------
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+MANAGED_BY = "trainforge"
+LABEL_JOB_NAME = "trainforge.io/job-name"
+LABEL_WORKER_INDEX = "trainforge.io/worker-index"
+LABEL_RESTART_ATTEMPT = "trainforge.io/restart-attempt"
+LABEL_INFERENCE_SERVICE = "trainforge.io/inference-service"
+ANNOTATION_SPEC_HASH = "trainforge.io/spec-hash"
+
+# --- worker pod environment -----------------------------------------------------------------
+ENV_MASTER_ADDR = "MASTER_ADDR"
+ENV_MASTER_PORT = "MASTER_PORT"
+ENV_WORLD_SIZE = "WORLD_SIZE"
+ENV_RANK = "RANK"
+# Set by torchrun for each process it starts on a node (not rendered by the operator).
+ENV_LOCAL_RANK = "LOCAL_RANK"
+# Set with RANK when a worker runs one process, so plain `init_process_group("env://")` and
+# `torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))` work without torchrun.
+ENV_LOCAL_RANK = "LOCAL_RANK"
+ENV_NNODES = "NNODES"
+ENV_NODE_RANK = "NODE_RANK"
+ENV_NPROC_PER_NODE = "NPROC_PER_NODE"
+ENV_JOB_NAME = "TRAINFORGE_JOB_NAME"
+ENV_RESTART_ATTEMPT = "TRAINFORGE_RESTART_ATTEMPT"
+ENV_CHECKPOINT_DIR = "TRAINFORGE_CHECKPOINT_DIR"
+# JSON of TrainingJob spec.trainer, read by the bundled trainer.
+ENV_CONFIG = "TRAINFORGE_CONFIG"
+# Port of the trainer's Prometheus metrics (rank 0 also serves GET /progress there).
+ENV_METRICS_PORT = "TRAINFORGE_METRICS_PORT"
+
+DEFAULT_MASTER_PORT = 29500
+DEFAULT_METRICS_PORT = 9400
+CONTAINER_NAME = "trainer"
+
+# --- volumes ----------------------------------------------------------------------------------
+DEFAULT_CHECKPOINT_MOUNT = "/checkpoints"
+SHM_MOUNT = "/dev/shm"
+
+# --- exit codes -------------------------------------------------------------------------------
+# The trainer exits with this after a SIGTERM-triggered checkpoint: retryable, and not the
+# user's fault (the operator restarts the gang; it does not count as a failure of the code).
+EXIT_PREEMPTED = 143
+# A configuration error: retrying cannot help, the operator fails the job at once.
+EXIT_CONFIG_ERROR = 78
+
+# --- checkpoint layout in TRAINFORGE_CHECKPOINT_DIR --------------------------------------------
+#   step-00000100/            one committed checkpoint (renamed into place when complete)
+#     manifest.json           written last: step, time, trainer config, sha256 of every file
+#     ...                     torch.distributed.checkpoint files
+#   latest                    text file: name of the newest committed step directory
+#   .tmp-step-00000200-*/     a save in progress; never read, removed on the next start
+CHECKPOINT_STEP_PREFIX = "step-"
+CHECKPOINT_MANIFEST = "manifest.json"
+CHECKPOINT_LATEST = "latest"
+CHECKPOINT_TMP_PREFIX = ".tmp-"
+
+
+def checkpoint_dir_name(step: int) -> str:
+    return f"{CHECKPOINT_STEP_PREFIX}{step:08d}"
+
+
+# --- progress reporting without Kubernetes API permissions ------------------------------------
+# The trainer writes a JSON progress record to the container's termination-message file
+# (/dev/termination-log; rewritten in place as training goes, since a bind-mounted file cannot
+# be replaced by rename). The kubelet copies it into pod.status.containerStatuses[].state.terminated.message when the container exits, so the
+# operator learns the final step and last committed checkpoint of every attempt from the pod
+# status it already watches. While running, rank 0 serves the same record at
+# GET http://<pod-ip>:<metrics-port>/progress.
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+PROGRESS_KEYS = ("step", "totalSteps", "loss", "samplesPerSecond", "checkpoint")
+# "checkpoint" is {"step": int, "path": str, "time": RFC 3339 str} or absent.
+# A trainer that stops on a configuration error (exit EXIT_CONFIG_ERROR) writes
+# {"error": "<one line per bad field>"} instead, so the reason reaches the job's status.
+PROGRESS_ERROR_KEY = "error"
+# Overrides TERMINATION_MESSAGE_PATH (tests and `trainforge local run`, which have no kubelet).
+ENV_TERMINATION_MESSAGE_PATH = "TRAINFORGE_TERMINATION_MESSAGE_PATH"

@@ -1,0 +1,235 @@
+"""The only module that talks to the Kubernetes API server.
+
+Manifests are plain dicts (the renderers' output), so requests go through one generic REST
+call instead of the client's typed models. Creates are idempotent (409 means the object is
+already there: names are deterministic), deletes tolerate 404, status is merge-patched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import kubernetes
+
+from trainforge import contract
+
+logger = logging.getLogger(__name__)
+
+# kind -> (plural, namespaced). The API paths of the kinds trainforge reads or writes.
+RESOURCES: dict[str, tuple[str, bool]] = {
+    "Pod": ("pods", True),
+    "Service": ("services", True),
+    "PersistentVolumeClaim": ("persistentvolumeclaims", True),
+    "Event": ("events", True),
+    "Deployment": ("deployments", True),
+    "HorizontalPodAutoscaler": ("horizontalpodautoscalers", True),
+    "PodDisruptionBudget": ("poddisruptionbudgets", True),
+    "PodGroup": ("podgroups", True),
+    "NetworkAttachmentDefinition": ("network-attachment-definitions", True),
+    "TrainingJob": ("trainingjobs", True),
+    "InferenceService": ("inferenceservices", True),
+}
+
+
+class KubeError(Exception):
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(f"{status} {reason}: {message}")
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Ref:
+    api_version: str
+    kind: str
+    namespace: str
+    name: str
+
+
+_client: kubernetes.client.ApiClient | None = None
+_client_lock = threading.Lock()
+
+
+def configure(pool_size: int = 16) -> kubernetes.client.ApiClient:
+    """Credentials from the pod's ServiceAccount, else from KUBECONFIG / ~/.kube/config."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            configuration = kubernetes.client.Configuration()
+            try:
+                kubernetes.config.load_incluster_config(client_configuration=configuration)
+            except kubernetes.config.ConfigException:
+                kubernetes.config.load_kube_config(client_configuration=configuration)
+            # One connection per reconcile worker, so workers never wait for a socket.
+            configuration.connection_pool_maxsize = pool_size
+            _client = kubernetes.client.ApiClient(configuration)
+        return _client
+
+
+def path(
+    api_version: str,
+    kind: str,
+    namespace: str,
+    name: str | None = None,
+    subresource: str | None = None,
+) -> str:
+    plural, namespaced = RESOURCES[kind]
+    base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+    parts = [base]
+    if namespaced:
+        parts.append(f"namespaces/{namespace}")
+    parts.append(plural)
+    if name:
+        parts.append(name)
+    if subresource:
+        parts.append(subresource)
+    return "/".join(parts)
+
+
+def request(
+    method: str,
+    url_path: str,
+    body: Any = None,
+    content_type: str = "application/json",
+    query: list[tuple[str, str]] | None = None,
+) -> dict[str, Any]:
+    api = configure()
+    method, url, headers, serialized, _ = api.param_serialize(
+        method=method,
+        resource_path=url_path,
+        query_params=query or [],
+        header_params={"Content-Type": content_type, "Accept": "application/json"},
+        body=body,
+        auth_settings=["BearerToken"],
+    )
+    response = api.call_api(method, url, headers, serialized, _request_timeout=30)
+    response.read()
+    data = response.data.decode() if isinstance(response.data, bytes) else response.data
+    if not 200 <= response.status < 300:
+        try:
+            status = json.loads(data)
+            raise KubeError(response.status, status.get("reason", ""), status.get("message", data))
+        except ValueError:
+            raise KubeError(response.status, "", data) from None
+    return json.loads(data) if data else {}
+
+
+def create(manifest: dict[str, Any]) -> bool:
+    """Create `manifest`; False when an object of that name already exists."""
+    meta = manifest["metadata"]
+    try:
+        request(
+            "POST",
+            path(manifest["apiVersion"], manifest["kind"], meta.get("namespace", "")),
+            manifest,
+            query=[("fieldManager", contract.MANAGED_BY)],
+        )
+        return True
+    except KubeError as e:
+        if e.status == 409:
+            return False
+        raise
+
+
+def get(ref: Ref) -> dict[str, Any] | None:
+    try:
+        return request("GET", path(ref.api_version, ref.kind, ref.namespace, ref.name))
+    except KubeError as e:
+        if e.status == 404:
+            return None
+        raise
+
+
+def delete(ref: Ref, uid: str | None = None) -> bool:
+    """Delete the object (only the one with `uid`, when given); False when it was gone."""
+    body: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "DeleteOptions",
+        "propagationPolicy": "Background",
+    }
+    if uid:
+        body["preconditions"] = {"uid": uid}
+    try:
+        request("DELETE", path(ref.api_version, ref.kind, ref.namespace, ref.name), body)
+        return True
+    except KubeError as e:
+        if e.status in (404, 409):  # gone, or replaced by a newer object of the same name
+            return False
+        raise
+
+
+def patch_status(ref: Ref, status: dict[str, Any]) -> dict[str, Any]:
+    """Merge-patch the status subresource; returns the updated object."""
+    return request(
+        "PATCH",
+        path(ref.api_version, ref.kind, ref.namespace, ref.name, "status"),
+        {"status": status},
+        content_type="application/merge-patch+json",
+    )
+
+
+def patch(ref: Ref, body: dict[str, Any]) -> dict[str, Any]:
+    return request(
+        "PATCH",
+        path(ref.api_version, ref.kind, ref.namespace, ref.name),
+        body,
+        content_type="application/merge-patch+json",
+    )
+
+
+def list_objects(
+    api_version: str, kind: str, namespace: str, label_selector: str = ""
+) -> list[dict[str, Any]]:
+    query = [("labelSelector", label_selector)] if label_selector else []
+    return list(request("GET", path(api_version, kind, namespace), query=query)["items"])
+
+
+def exists(ref: Ref) -> bool | None:
+    """Whether the object exists; None when we may not read it (403) or its API is not served
+    (404 from a missing CRD looks like a missing object, which is what a user needs to hear)."""
+    try:
+        return get(ref) is not None
+    except KubeError as e:
+        if e.status == 403:
+            return None
+        raise
+
+
+def emit_event(regarding: dict[str, Any], type_: str, reason: str, message: str) -> None:
+    """A core/v1 Event on `regarding`, shown by `kubectl describe`. Best effort: a failure
+    to record an event never fails a reconcile."""
+    meta = regarding["metadata"]
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    event = {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": regarding["apiVersion"],
+            "kind": regarding["kind"],
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta["uid"],
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:1024],
+        "source": {"component": contract.MANAGED_BY},
+        "reportingComponent": f"{contract.GROUP}/operator",
+        "reportingInstance": "operator",
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+    try:
+        create(event)
+    except KubeError as e:
+        logger.warning(
+            "could not record event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], e
+        )

@@ -1,0 +1,196 @@
+"""Runs the TrainingJob reconcile: observe (kopf indexes), plan (pure), apply (kube.py).
+
+Watch caches lag behind our own writes. Two small memories bridge that gap without extra
+reads: the status this operator last wrote (it is the only writer of status), and the pods it
+created that the pod index has not shown yet ("expectations", as in kube-controller-manager).
+Deterministic names make every remaining race harmless: a duplicate create is a 409, a
+duplicate delete a 404.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from trainforge import contract, kube, metrics
+from trainforge.api.common import InvalidSpec
+from trainforge.reconcile.trainingjob import (
+    TERMINAL,
+    Observed,
+    Plan,
+    PodView,
+    parse_spec,
+    parse_time,
+    plan,
+)
+from trainforge.render.trainingjob import RenderSettings
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, name)
+# Each returns the latest watched object(s) for a key: the job's body, and its pods as
+# (controller uid, PodView) pairs.
+JobLookup = Callable[[Key], Mapping[str, Any] | None]
+PodsLookup = Callable[[Key], list[tuple[str, PodView]]]
+
+
+@dataclass
+class Memory:
+    """What one job's previous reconciles did that the watch may not show yet."""
+
+    written_status: dict[str, Any] | None = None
+    attempt: int = -1
+    created_pods: dict[str, PodView] = field(default_factory=dict)
+    children_ensured: bool = False
+
+
+class TrainingJobRunner:
+    def __init__(self, jobs: JobLookup, pods: PodsLookup, settings: RenderSettings) -> None:
+        self._jobs = jobs
+        self._pods = pods
+        self._settings = settings
+        self._memory: dict[str, Memory] = {}
+        self._lock = threading.Lock()  # guards _memory's dict; one worker per key at a time
+
+    def reconcile(self, key: Key) -> float | None:
+        """One level-based pass over the job `key`; returns seconds until the next one."""
+        body = self._jobs(key)
+        if body is None:  # deleted; `forget` already ran for its uid
+            return None
+        job = dict(body)
+        uid = job["metadata"]["uid"]
+        with self._lock:
+            memory = self._memory.setdefault(uid, Memory())
+        started = time.perf_counter()
+        metrics.RECONCILES.labels("TrainingJob").inc()
+        try:
+            return self._reconcile(job, memory)
+        except kube.KubeError as e:
+            metrics.RECONCILE_ERRORS.labels("TrainingJob").inc()
+            logger.warning("TrainingJob %s/%s: API error, will retry: %s", *key, e)
+            return 5.0
+        finally:
+            metrics.RECONCILE_SECONDS.labels("TrainingJob").observe(time.perf_counter() - started)
+
+    def _reconcile(self, job: dict[str, Any], memory: Memory) -> float | None:
+        if memory.written_status is not None:
+            job["status"] = memory.written_status
+        status = job.get("status") or {}
+        attempt = int(status.get("restartAttempt", 0))
+        if attempt != memory.attempt:
+            memory.attempt, memory.created_pods, memory.children_ensured = attempt, {}, False
+        observed = Observed(
+            job=job,
+            pods=self._observe_pods(job, memory),
+            now=datetime.now(UTC),
+            missing_references=self._missing_references(job, status),
+            children_ensured=memory.children_ensured,
+        )
+        result = plan(observed, self._settings)
+        self._apply(job, status, result, memory)
+        return result.requeue_after
+
+    def _observe_pods(self, job: dict[str, Any], memory: Memory) -> list[PodView]:
+        meta = job["metadata"]
+        seen = [
+            pod
+            for owner, pod in self._pods((meta["namespace"], meta["name"]))
+            if owner == meta["uid"]
+        ]
+        names = {p.name for p in seen}
+        for name in list(memory.created_pods):
+            if name in names:
+                del memory.created_pods[name]
+        return seen + list(memory.created_pods.values())
+
+    def _missing_references(self, job: dict[str, Any], status: dict[str, Any]) -> list[str]:
+        """Check referenced NetworkAttachmentDefinitions and PVCs, only when pods are about to
+        be created (a missing one would leave them stuck in ContainerCreating)."""
+        if status.get("phase") in TERMINAL or job.get("spec", {}).get("suspend"):
+            return []
+        try:
+            spec = parse_spec(job)
+        except InvalidSpec:
+            return []  # the plan reports it
+        namespace = job["metadata"]["namespace"]
+        missing = []
+        rdma = spec.network.rdma if spec.network else None
+        for i, net in enumerate(rdma.networks if rdma else []):
+            ref = kube.Ref(
+                "k8s.cni.cncf.io/v1",
+                "NetworkAttachmentDefinition",
+                net.namespace or namespace,
+                net.name,
+            )
+            if kube.exists(ref) is False:
+                missing.append(
+                    f"spec.network.rdma.networks[{i}]: NetworkAttachmentDefinition "
+                    f"{ref.namespace}/{ref.name} does not exist; create it (see docs/rdma.md) "
+                    "or fix the name"
+                )
+        claim = spec.checkpoint.claim_name if spec.checkpoint else None
+        if (
+            claim
+            and kube.exists(kube.Ref("v1", "PersistentVolumeClaim", namespace, claim)) is False
+        ):
+            missing.append(
+                f"spec.checkpoint.claimName: PersistentVolumeClaim "
+                f"{namespace}/{claim} does not exist; create it or use "
+                "spec.checkpoint.volumeClaimTemplate"
+            )
+        return missing
+
+    def _apply(
+        self, job: dict[str, Any], old_status: dict[str, Any], result: Plan, memory: Memory
+    ) -> None:
+        meta = job["metadata"]
+        ref = kube.Ref(contract.API_VERSION, "TrainingJob", meta["namespace"], meta["name"])
+        # Status first: a restart is recorded before its pods go, so it is counted once.
+        if result.status != old_status:
+            patch = {**{k: None for k in old_status if k not in result.status}, **result.status}
+            updated = kube.patch_status(ref, patch)
+            memory.written_status = updated.get("status", result.status)
+        phase = result.status["phase"]
+        metrics.TRAININGJOBS.set(meta["uid"], meta["namespace"], phase)
+        if result.counted_restart or result.status["restartAttempt"] != memory.attempt:
+            metrics.GANG_RESTARTS.labels(
+                meta["namespace"], str(result.counted_restart).lower()
+            ).inc()
+        if result.became_running and result.status["restartAttempt"] == 0:
+            created = parse_time(meta["creationTimestamp"])
+            metrics.TIME_TO_RUNNING.observe((datetime.now(UTC) - created).total_seconds())
+        for pod in result.delete_pods:
+            kube.delete(kube.Ref("v1", "Pod", meta["namespace"], pod.name), uid=pod.uid or None)
+        for manifest in result.create:
+            kube.create(manifest)
+            if manifest["kind"] == "Pod":
+                view = PodView(
+                    name=manifest["metadata"]["name"],
+                    uid="",
+                    index=int(manifest["metadata"]["labels"][contract.LABEL_WORKER_INDEX]),
+                    attempt=memory.attempt,
+                    phase="Pending",
+                )
+                memory.created_pods[view.name] = view
+            else:
+                memory.children_ensured = True
+        for type_, reason, message in result.events:
+            kube.emit_event(job, type_, reason, message)
+        if result.delete_job:
+            logger.info(
+                "TrainingJob %s/%s: ttlSecondsAfterFinished passed, deleting it",
+                meta["namespace"],
+                meta["name"],
+            )
+            kube.delete(ref, uid=meta["uid"])
+
+    def forget(self, uid: str) -> None:
+        """The job was deleted: drop what we remembered of it."""
+        with self._lock:
+            self._memory.pop(uid, None)
+        metrics.TRAININGJOBS.forget(uid)

@@ -1,0 +1,1 @@
+"""Pure renderers: validated spec -> child manifests (plain dicts), no I/O."""

@@ -1,0 +1,572 @@
+"""TrainingJob -> its children (headless Service, worker Pods, checkpoint PVC, PodGroup).
+
+Pure functions: the same inputs give the same manifests, byte for byte. Every child carries
+an owner reference to the job, the labels from `contract`, and a spec-hash annotation over
+its own content, so the planner can tell a stale child from a current one by comparing one
+string (pods are immutable: a different hash means delete and recreate).
+
+The worker pod is also what `trainforge local run` starts as a local process: its command
+refers to the environment with Kubernetes `$(VAR)` references (see `expand_env_references`),
+so overriding MASTER_ADDR in the environment is enough to run the gang on one machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from trainforge import contract
+from trainforge.api.trainingjob import KIND, TrainingJobSpec
+from trainforge.render.merge import merge
+
+# --- gang scheduling integrations (their own API contracts) --------------------------------
+VOLCANO_API_VERSION = "scheduling.volcano.sh/v1beta1"
+VOLCANO_SCHEDULER = "volcano"
+VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
+COSCHEDULING_API_VERSION = "scheduling.x-k8s.io/v1alpha1"
+COSCHEDULING_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
+KUEUE_GROUP_COUNT_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
+
+MULTUS_NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
+GPU_TAINT_KEY = "nvidia.com/gpu"
+HOSTNAME_TOPOLOGY_KEY = "kubernetes.io/hostname"
+SHM_VOLUME = "dshm"
+CHECKPOINT_VOLUME = "checkpoints"
+RENDEZVOUS_PORT_NAME = "rendezvous"
+METRICS_PORT_NAME = "metrics"
+TRAINER_MODULE = "trainforge_trainer"
+
+
+@dataclass(frozen=True)
+class JobRef:
+    """Identity of the TrainingJob the children belong to."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> JobRef:
+        metadata = obj["metadata"]
+        return cls(name=metadata["name"], namespace=metadata["namespace"], uid=metadata["uid"])
+
+
+# The chart overrides it (`trainforge run --trainer-image`); this is the image built from
+# trainer_image/ for this version.
+DEFAULT_TRAINER_IMAGE = "ghcr.io/trainforge/trainer:0.1.0"
+
+
+@dataclass(frozen=True)
+class RenderSettings:
+    """Operator-wide inputs of rendering (from the operator's configuration)."""
+
+    default_image: str = DEFAULT_TRAINER_IMAGE
+    """Trainer image for jobs without spec.image."""
+
+
+@dataclass(frozen=True)
+class DesiredChildren:
+    """Every child a job should have at one restart attempt."""
+
+    service: dict[str, Any]
+    pods: tuple[dict[str, Any], ...]
+    checkpoint_pvc: dict[str, Any] | None
+    pod_group: dict[str, Any] | None
+
+    @property
+    def others(self) -> list[dict[str, Any]]:
+        """The children besides pods, in creation order: PVC and PodGroup first, because a
+        gang scheduler must see its group before any pod and a pod should not wait on a claim
+        that does not exist yet."""
+        optional = [child for child in (self.checkpoint_pvc, self.pod_group) if child is not None]
+        return [*optional, self.service]
+
+    def in_creation_order(self) -> list[dict[str, Any]]:
+        return [*self.others, *self.pods]
+
+
+# --- names and labels ------------------------------------------------------------------------
+
+
+def service_name(job_name: str) -> str:
+    return job_name
+
+
+def pod_group_name(job_name: str) -> str:
+    return job_name
+
+
+def worker_pod_name(job_name: str, index: int) -> str:
+    return f"{job_name}-worker-{index}"
+
+
+def checkpoint_pvc_name(job_name: str) -> str:
+    return f"{job_name}-checkpoints"
+
+
+def master_addr(job_name: str) -> str:
+    """Worker 0's DNS name through the headless Service (resolves inside the namespace)."""
+    return f"{worker_pod_name(job_name, 0)}.{service_name(job_name)}"
+
+
+def job_selector(job_name: str) -> dict[str, str]:
+    """Labels on every child of the job: list children with this selector."""
+    return {contract.LABEL_MANAGED_BY: contract.MANAGED_BY, contract.LABEL_JOB_NAME: job_name}
+
+
+def worker_labels(job_name: str, index: int, attempt: int) -> dict[str, str]:
+    return {
+        **job_selector(job_name),
+        contract.LABEL_WORKER_INDEX: str(index),
+        contract.LABEL_RESTART_ATTEMPT: str(attempt),
+    }
+
+
+def owner_reference(job: JobRef) -> dict[str, Any]:
+    return {
+        "apiVersion": contract.API_VERSION,
+        "kind": KIND,
+        "name": job.name,
+        "uid": job.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def spec_hash(manifest: Mapping[str, Any]) -> str:
+    """Hash of everything in the manifest except the hash annotation itself."""
+    metadata = dict(manifest.get("metadata", {}))
+    annotations = {
+        key: value
+        for key, value in metadata.get("annotations", {}).items()
+        if key != contract.ANNOTATION_SPEC_HASH
+    }
+    canonical = json.dumps(
+        {**manifest, "metadata": {**metadata, "annotations": annotations}},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _with_hash(manifest: dict[str, Any]) -> dict[str, Any]:
+    metadata = manifest["metadata"]
+    annotations = {
+        **metadata.get("annotations", {}),
+        contract.ANNOTATION_SPEC_HASH: spec_hash(manifest),
+    }
+    return {**manifest, "metadata": {**metadata, "annotations": annotations}}
+
+
+def _metadata(
+    job: JobRef,
+    name: str,
+    labels: Mapping[str, str],
+    annotations: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": job.namespace,
+        "labels": dict(labels),
+        "annotations": dict(annotations or {}),
+        "ownerReferences": [owner_reference(job)],
+    }
+
+
+# --- service, PVC, PodGroup ------------------------------------------------------------------
+
+
+def headless_service(job: JobRef) -> dict[str, Any]:
+    """Gives every worker the DNS name `<job>-worker-<i>.<job>` (pods set hostname/subdomain).
+
+    Not-ready addresses are published because workers have no readiness probe that could
+    pass before rendezvous, and rendezvous needs worker 0's name first.
+    """
+    return _with_hash(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _metadata(job, service_name(job.name), job_selector(job.name)),
+            "spec": {
+                "clusterIP": "None",
+                "publishNotReadyAddresses": True,
+                "selector": job_selector(job.name),
+                "ports": [
+                    {
+                        "name": RENDEZVOUS_PORT_NAME,
+                        "port": contract.DEFAULT_MASTER_PORT,
+                        "targetPort": contract.DEFAULT_MASTER_PORT,
+                        "protocol": "TCP",
+                    },
+                    {
+                        "name": METRICS_PORT_NAME,
+                        "port": contract.DEFAULT_METRICS_PORT,
+                        "targetPort": contract.DEFAULT_METRICS_PORT,
+                        "protocol": "TCP",
+                    },
+                ],
+            },
+        }
+    )
+
+
+def checkpoint_pvc(job: JobRef, spec: TrainingJobSpec) -> dict[str, Any] | None:
+    """The claim `<job>-checkpoints`, only when the job asks for one to be created."""
+    template = spec.checkpoint.volume_claim_template if spec.checkpoint else None
+    if template is None:
+        return None
+    pvc_spec: dict[str, Any] = {
+        "accessModes": list(template.access_modes),
+        "resources": {"requests": {"storage": template.size}},
+    }
+    if template.storage_class_name is not None:
+        pvc_spec["storageClassName"] = template.storage_class_name
+    return _with_hash(
+        {
+            "apiVersion": "v1",
+            "kind": "PersistentVolumeClaim",
+            "metadata": _metadata(job, checkpoint_pvc_name(job.name), job_selector(job.name)),
+            "spec": pvc_spec,
+        }
+    )
+
+
+def pod_group(job: JobRef, spec: TrainingJobSpec) -> dict[str, Any] | None:
+    """The PodGroup of a Volcano or Coscheduling gang; None for other policies."""
+    policy = spec.scheduling.gang.policy
+    group_spec: dict[str, Any] = {"minMember": spec.workers}
+    if policy == "Volcano":
+        api_version = VOLCANO_API_VERSION
+        if spec.scheduling.queue_name is not None:
+            group_spec["queue"] = spec.scheduling.queue_name
+        if spec.scheduling.priority_class_name is not None:
+            group_spec["priorityClassName"] = spec.scheduling.priority_class_name
+        if spec.resources.gpus_per_worker:
+            # Lets Volcano hold the whole gang in its queue until the GPUs for all of it are
+            # free; CPU and memory are left to the per-pod scheduling.
+            group_spec["minResources"] = {
+                spec.resources.gpu_resource: str(spec.workers * spec.resources.gpus_per_worker)
+            }
+    elif policy == "Coscheduling":
+        api_version = COSCHEDULING_API_VERSION
+        if spec.scheduling.gang.schedule_timeout_seconds is not None:
+            group_spec["scheduleTimeoutSeconds"] = spec.scheduling.gang.schedule_timeout_seconds
+    else:
+        return None
+    return _with_hash(
+        {
+            "apiVersion": api_version,
+            "kind": "PodGroup",
+            "metadata": _metadata(job, pod_group_name(job.name), job_selector(job.name)),
+            "spec": group_spec,
+        }
+    )
+
+
+# --- worker pod ------------------------------------------------------------------------------
+
+
+def default_command() -> list[str]:
+    """torchrun with the static rendezvous at worker 0, then the bundled trainer.
+
+    `$(VAR)` references are expanded by the kubelet from the container's environment, so
+    the command line stays readable in `kubectl get pod -o yaml` and a local runner only has
+    to change the environment.
+    """
+    return [
+        "torchrun",
+        f"--nnodes=$({contract.ENV_NNODES})",
+        f"--nproc-per-node=$({contract.ENV_NPROC_PER_NODE})",
+        f"--node-rank=$({contract.ENV_NODE_RANK})",
+        "--rdzv-backend=static",
+        f"--master-addr=$({contract.ENV_MASTER_ADDR})",
+        f"--master-port=$({contract.ENV_MASTER_PORT})",
+        "-m",
+        TRAINER_MODULE,
+        "train",
+    ]
+
+
+_ENV_REFERENCE = re.compile(r"\$\$|\$\(([-._a-zA-Z][-._a-zA-Z0-9]*)\)")
+
+
+def expand_env_references(text: str, env: Mapping[str, str]) -> str:
+    """Kubernetes' expansion of command/args: `$(VAR)` -> value when VAR is defined, `$$` ->
+    `$`, unknown references left as they are."""
+
+    def replace(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return _ENV_REFERENCE.sub(replace, text)
+
+
+def _env(name: str, value: object) -> dict[str, Any]:
+    return {"name": name, "value": str(value)}
+
+
+def worker_env(
+    job_name: str, spec: TrainingJobSpec, index: int, attempt: int
+) -> list[dict[str, Any]]:
+    """The distributed-training environment of worker `index`, then the user's env (which
+    may override NCCL settings by name, not the operator's own variables)."""
+    procs = spec.effective_procs_per_worker
+    env = [
+        _env(contract.ENV_MASTER_ADDR, master_addr(job_name)),
+        _env(contract.ENV_MASTER_PORT, contract.DEFAULT_MASTER_PORT),
+        _env(contract.ENV_WORLD_SIZE, spec.world_size),
+        _env(contract.ENV_NNODES, spec.workers),
+        _env(contract.ENV_NODE_RANK, index),
+        _env(contract.ENV_NPROC_PER_NODE, procs),
+    ]
+    if procs == 1:
+        # One process per pod: the pod's rank is the global rank, without torchrun.
+        env += [_env(contract.ENV_RANK, index), _env(contract.ENV_LOCAL_RANK, 0)]
+    # torchrun reads PET_<OPTION> for every command-line option it is not given.
+    env += [
+        _env("PET_NNODES", spec.workers),
+        _env("PET_NODE_RANK", index),
+        _env("PET_NPROC_PER_NODE", procs),
+        _env("PET_MASTER_ADDR", master_addr(job_name)),
+        _env("PET_MASTER_PORT", contract.DEFAULT_MASTER_PORT),
+        _env(contract.ENV_JOB_NAME, job_name),
+        _env(contract.ENV_RESTART_ATTEMPT, attempt),
+        _env(contract.ENV_METRICS_PORT, contract.DEFAULT_METRICS_PORT),
+    ]
+    if spec.checkpoint is not None:
+        env.append(_env(contract.ENV_CHECKPOINT_DIR, spec.checkpoint.mount_path))
+    config = trainer_config(spec)
+    if config:
+        env.append(
+            _env(contract.ENV_CONFIG, json.dumps(config, sort_keys=True, separators=(",", ":")))
+        )
+    env += _nccl_env(spec)
+    user = [var.to_json() for var in spec.env]
+    overridden = {var["name"] for var in user}
+    return [var for var in env if var["name"] not in overridden] + user
+
+
+def trainer_config(spec: TrainingJobSpec) -> dict[str, Any]:
+    """TRAINFORGE_CONFIG: spec.trainer, with the cadence from spec.checkpoint (which wins)
+    in its `checkpoint` section, where the bundled trainer reads it."""
+    config = dict(spec.trainer or {})
+    if spec.checkpoint is not None:
+        cadence = spec.checkpoint.model_dump(
+            by_alias=True, exclude_none=True, include={"every_steps", "every_seconds", "keep_last"}
+        )
+        config["checkpoint"] = {**config.get("checkpoint", {}), **cadence}
+    return config
+
+
+def _nccl_env(spec: TrainingJobSpec) -> list[dict[str, Any]]:
+    rdma = spec.network.rdma if spec.network else None
+    if rdma is None:
+        return []
+    nccl = rdma.nccl
+    settings = (
+        ("NCCL_SOCKET_IFNAME", nccl.socket_if_name),
+        ("NCCL_IB_HCA", nccl.ib_hca),
+        ("NCCL_IB_GID_INDEX", nccl.gid_index),
+        ("NCCL_NET_GDR_LEVEL", nccl.gdr_level),
+        ("NCCL_DEBUG", nccl.debug),
+    )
+    return [_env(name, value) for name, value in settings if value is not None]
+
+
+def _container_resources(spec: TrainingJobSpec) -> dict[str, Any]:
+    # Extended resources (GPUs, RDMA devices) cannot be overcommitted: requests = limits.
+    extended: dict[str, str] = {}
+    if spec.resources.gpus_per_worker:
+        extended[spec.resources.gpu_resource] = str(spec.resources.gpus_per_worker)
+    if spec.network and spec.network.rdma:
+        extended.update(spec.network.rdma.resources)
+    resources: dict[str, Any] = {}
+    requests = {**spec.resources.requests, **extended}
+    limits = {**spec.resources.limits, **extended}
+    if requests:
+        resources["requests"] = requests
+    if limits:
+        resources["limits"] = limits
+    return resources
+
+
+def _trainer_container(
+    job_name: str, spec: TrainingJobSpec, index: int, attempt: int, settings: RenderSettings
+) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": contract.CONTAINER_NAME,
+        "image": spec.image or settings.default_image,
+        "command": list(spec.command) if spec.command is not None else default_command(),
+    }
+    if spec.args is not None:
+        container["args"] = list(spec.args)
+    container["env"] = worker_env(job_name, spec, index, attempt)
+    container["ports"] = [
+        {"name": RENDEZVOUS_PORT_NAME, "containerPort": contract.DEFAULT_MASTER_PORT},
+        {"name": METRICS_PORT_NAME, "containerPort": contract.DEFAULT_METRICS_PORT},
+    ]
+    resources = _container_resources(spec)
+    if resources:
+        container["resources"] = resources
+    mounts = [{"name": SHM_VOLUME, "mountPath": contract.SHM_MOUNT}]
+    if spec.checkpoint is not None:
+        mounts.append({"name": CHECKPOINT_VOLUME, "mountPath": spec.checkpoint.mount_path})
+    container["volumeMounts"] = mounts
+    if spec.network and spec.network.rdma:
+        # RDMA registers (pins) memory; IPC_LOCK allows it without a privileged container.
+        container["securityContext"] = {"capabilities": {"add": ["IPC_LOCK"]}}
+    container["terminationMessagePath"] = contract.TERMINATION_MESSAGE_PATH
+    # The trainer writes its progress record there; when it dies before writing one, the
+    # tail of its log explains the failure instead.
+    container["terminationMessagePolicy"] = "FallbackToLogsOnError"
+    return container
+
+
+def _volumes(job_name: str, spec: TrainingJobSpec) -> list[dict[str, Any]]:
+    volumes: list[dict[str, Any]] = [
+        {
+            "name": SHM_VOLUME,
+            "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shared_memory},
+        }
+    ]
+    checkpoint = spec.checkpoint
+    if checkpoint is not None:
+        claim = checkpoint.claim_name or checkpoint_pvc_name(job_name)
+        volumes.append({"name": CHECKPOINT_VOLUME, "persistentVolumeClaim": {"claimName": claim}})
+    return volumes
+
+
+def _tolerations(spec: TrainingJobSpec) -> list[dict[str, Any]]:
+    tolerations = [dict(toleration) for toleration in spec.scheduling.tolerations]
+    if spec.resources.gpus_per_worker:
+        gpu = {"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}
+        if gpu not in tolerations:
+            tolerations.append(gpu)
+    return tolerations
+
+
+def _affinity(job_name: str, spec: TrainingJobSpec, attempt: int) -> dict[str, Any] | None:
+    affinity = spec.scheduling.affinity
+    if not spec.scheduling.spread_workers:
+        return dict(affinity) if affinity is not None else None
+    # Only this attempt's workers repel each other: terminating pods of the previous attempt
+    # must not keep the new gang off their nodes.
+    spread = {
+        "podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {
+                    "labelSelector": {
+                        "matchLabels": {
+                            contract.LABEL_JOB_NAME: job_name,
+                            contract.LABEL_RESTART_ATTEMPT: str(attempt),
+                        }
+                    },
+                    "topologyKey": HOSTNAME_TOPOLOGY_KEY,
+                }
+            ]
+        }
+    }
+    return merge(affinity or {}, spread)
+
+
+def _gang_metadata(job_name: str, spec: TrainingJobSpec) -> tuple[dict[str, str], dict[str, str]]:
+    """Labels and annotations that put the pod into its gang."""
+    scheduling = spec.scheduling
+    match scheduling.gang.policy:
+        case "Volcano":
+            return {}, {VOLCANO_GROUP_ANNOTATION: pod_group_name(job_name)}
+        case "Coscheduling":
+            return {COSCHEDULING_GROUP_LABEL: pod_group_name(job_name)}, {}
+        case "Kueue":
+            labels = {KUEUE_GROUP_LABEL: pod_group_name(job_name)}
+            if scheduling.queue_name is not None:
+                labels[KUEUE_QUEUE_LABEL] = scheduling.queue_name
+            return labels, {KUEUE_GROUP_COUNT_ANNOTATION: str(spec.workers)}
+        case _:
+            return {}, {}
+
+
+def _rdma_annotations(spec: TrainingJobSpec) -> dict[str, str]:
+    rdma = spec.network.rdma if spec.network else None
+    if rdma is None or not rdma.networks:
+        return {}
+    networks = [network.to_json() for network in rdma.networks]
+    return {MULTUS_NETWORKS_ANNOTATION: json.dumps(networks, separators=(",", ":"))}
+
+
+def worker_pod(
+    job: JobRef, spec: TrainingJobSpec, index: int, attempt: int, settings: RenderSettings
+) -> dict[str, Any]:
+    """Worker `index` of restart attempt `attempt`: `<job>-worker-<index>`."""
+    if not 0 <= index < spec.workers:
+        raise ValueError(f"worker index {index} out of range for {spec.workers} workers")
+    name = worker_pod_name(job.name, index)
+    gang_labels, gang_annotations = _gang_metadata(job.name, spec)
+    template = spec.pod_template
+    # Operator-set keys win: the planner and the gang scheduler depend on them.
+    labels = {
+        **(template.metadata.labels if template else {}),
+        **gang_labels,
+        **worker_labels(job.name, index, attempt),
+    }
+    annotations = {
+        **(template.metadata.annotations if template else {}),
+        **gang_annotations,
+        **_rdma_annotations(spec),
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "hostname": name,
+        "subdomain": service_name(job.name),
+        # Thousands of Services in a namespace would otherwise flood the environment.
+        "enableServiceLinks": False,
+        "containers": [_trainer_container(job.name, spec, index, attempt, settings)],
+        "volumes": _volumes(job.name, spec),
+    }
+    scheduling = spec.scheduling
+    scheduler = (
+        VOLCANO_SCHEDULER if scheduling.gang.policy == "Volcano" else scheduling.scheduler_name
+    )
+    if scheduler is not None:
+        pod_spec["schedulerName"] = scheduler
+    if scheduling.priority_class_name is not None:
+        pod_spec["priorityClassName"] = scheduling.priority_class_name
+    if scheduling.node_selector:
+        pod_spec["nodeSelector"] = dict(scheduling.node_selector)
+    tolerations = _tolerations(spec)
+    if tolerations:
+        pod_spec["tolerations"] = tolerations
+    affinity = _affinity(job.name, spec, attempt)
+    if affinity:
+        pod_spec["affinity"] = affinity
+    if template is not None:
+        pod_spec = merge(pod_spec, template.spec)
+    return _with_hash(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": _metadata(job, name, labels, annotations),
+            "spec": pod_spec,
+        }
+    )
+
+
+def desired_children(
+    job: JobRef, spec: TrainingJobSpec, attempt: int, settings: RenderSettings
+) -> DesiredChildren:
+    """All children of the job at restart attempt `attempt` (0 for the first run)."""
+    return DesiredChildren(
+        service=headless_service(job),
+        pods=tuple(
+            worker_pod(job, spec, index, attempt, settings) for index in range(spec.workers)
+        ),
+        checkpoint_pvc=checkpoint_pvc(job, spec),
+        pod_group=pod_group(job, spec),
+    )

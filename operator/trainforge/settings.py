@@ -1,0 +1,24 @@
+"""Operator settings, from `trainforge run` flags (the Helm chart sets them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trainforge.render.trainingjob import RenderSettings
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Namespaces to watch; empty means all (cluster-wide).
+    namespaces: tuple[str, ...] = ()
+    metrics_port: int = 8000
+    liveness_port: int = 8080
+    # In a pod: all interfaces, so kubelet and Prometheus reach the endpoints.
+    listen_address: str = "0.0.0.0"
+    # Reconcile workers (threads) and API connections: jobs reconciled in parallel.
+    workers: int = 8
+    # Every job is reconciled at least this often, events or not.
+    resync_seconds: float = 60.0
+    # Name of the kopf peering object for HA (one active replica); empty = standalone.
+    peering_name: str = ""
+    render: RenderSettings = field(default_factory=RenderSettings)
