@@ -87,3 +87,29 @@ PROGRESS_KEYS = ("step", "totalSteps", "loss", "samplesPerSecond", "checkpoint")
 PROGRESS_ERROR_KEY = "error"
 # Overrides TERMINATION_MESSAGE_PATH (tests and `trainforge local run`, which have no kubelet).
 ENV_TERMINATION_MESSAGE_PATH = "TRAINFORGE_TERMINATION_MESSAGE_PATH"
+
+
+# --- the inference server (python -m trainforge_trainer serve) --------------------------------
+# Its settings as env (the flags of the same name win); the checkpoint directory is
+# ENV_CHECKPOINT_DIR, as for the trainer.
+ENV_SERVE_MODEL_NAME = "TRAINFORGE_SERVE_MODEL_NAME"
+ENV_SERVE_HOST = "TRAINFORGE_SERVE_HOST"
+ENV_SERVE_PORT = "TRAINFORGE_SERVE_PORT"
+ENV_SERVE_MAX_BATCH_SIZE = "TRAINFORGE_SERVE_MAX_BATCH_SIZE"
+ENV_SERVE_MAX_BATCH_DELAY_MS = "TRAINFORGE_SERVE_MAX_BATCH_DELAY_MS"
+ENV_SERVE_QUANTIZE = "TRAINFORGE_SERVE_QUANTIZE"  # none | int8
+ENV_SERVE_DEVICE = "TRAINFORGE_SERVE_DEVICE"  # auto | cpu | cuda
+ENV_SERVE_RELOAD_INTERVAL_SECONDS = "TRAINFORGE_SERVE_RELOAD_INTERVAL_SECONDS"
+ENV_SERVE_MAX_REQUEST_BYTES = "TRAINFORGE_SERVE_MAX_REQUEST_BYTES"
+# After SIGTERM the server keeps answering this long with readiness failing, so endpoints
+# drop the pod before it stops listening; keep it below terminationGracePeriodSeconds.
+ENV_SERVE_DRAIN_SECONDS = "TRAINFORGE_SERVE_DRAIN_SECONDS"
+
+SERVE_DEFAULT_PORT = 8080
+SERVE_PORT_NAME = "http"
+SERVE_CONTAINER_NAME = "server"
+# Probes: live as soon as the process listens; ready once a checkpoint is loaded (and not
+# while draining). Metrics (Prometheus text) are on the same port.
+SERVE_PATH_LIVE = "/v2/health/live"
+SERVE_PATH_READY = "/v2/health/ready"
+SERVE_PATH_METRICS = "/metrics"

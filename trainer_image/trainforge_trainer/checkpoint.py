@@ -130,7 +130,9 @@ def read_checkpoint(path: Path, *, verify: bool = True) -> CommittedCheckpoint:
     return CommittedCheckpoint(int(manifest["step"]), path, manifest, manifest["time"])
 
 
-def latest_committed(checkpoint_dir: str | Path, *, verify: bool = True) -> CommittedCheckpoint | None:
+def latest_committed(
+    checkpoint_dir: str | Path, *, verify: bool = True
+) -> CommittedCheckpoint | None:
     """The newest committed checkpoint that verifies; None if there is none."""
     for path in committed_dirs(Path(checkpoint_dir)):
         try:
@@ -219,13 +221,13 @@ class Checkpointer:
     def find_resume(self) -> CommittedCheckpoint | None:
         """The checkpoint to resume from: rank 0 verifies, every rank gets its answer."""
         found = latest_committed(self.directory) if self.dist.is_main else None
-        return self.dist.broadcast_object(found)  # type: ignore[no-any-return]
+        return self.dist.broadcast_object(found)
 
     def load(self, checkpoint: CommittedCheckpoint, state: dict[str, Any]) -> None:
         dcp.load(state, checkpoint_id=checkpoint.path, process_group=self.dist.checkpoint_group)
 
     def save(self, step: int, state: dict[str, Any]) -> float:
-        """Start (async) or do (sync) a save of `state` at `step`; returns the seconds it blocked."""
+        """Start (async) or do (sync) a save of `state` at `step`; returns seconds blocked."""
         started = time.perf_counter()
         self.wait()
         tmp = self.directory / (
@@ -316,7 +318,9 @@ class Checkpointer:
             self._discard(final)
         os.rename(tmp, final)
         _fsync_dir(self.directory)
-        latest_tmp = self.directory / f"{contract.CHECKPOINT_TMP_PREFIX}{contract.CHECKPOINT_LATEST}"
+        latest_tmp = (
+            self.directory / f"{contract.CHECKPOINT_TMP_PREFIX}{contract.CHECKPOINT_LATEST}"
+        )
         _write_durably(latest_tmp, final.name + "\n")
         os.replace(latest_tmp, self.directory / contract.CHECKPOINT_LATEST)
         _fsync_dir(self.directory)

@@ -188,6 +188,7 @@ _ADAPTER: TypeAdapter[TrainerConfig] = TypeAdapter(
     ]
 )
 
+
 def _known_fields(model: type[BaseModel]) -> list[str]:
     return [f.alias or name for name, f in model.model_fields.items()]
 
@@ -282,4 +283,3 @@ def load(path: str | None, env: Mapping[str, str], entrypoint: str | None = None
 def dump(config: TrainerConfig) -> dict[str, Any]:
     """The config as camelCase JSON-able data; `parse(dump(c)) == c`."""
     return config.model_dump(mode="json", by_alias=True)
-

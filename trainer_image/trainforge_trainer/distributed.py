@@ -69,11 +69,10 @@ def setup(env: Mapping[str, str]) -> DistEnv:
         dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     control = dist.new_group(backend="gloo")
     checkpoint = dist.new_group(backend="gloo")
-    assert control is not None and checkpoint is not None
+    assert isinstance(control, dist.ProcessGroup) and isinstance(checkpoint, dist.ProcessGroup)
     return DistEnv(rank, world_size, local_rank, device, control, checkpoint)
 
 
 def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-

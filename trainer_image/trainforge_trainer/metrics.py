@@ -54,7 +54,10 @@ class TrainerMetrics:
             p + "tokens_per_second", "Training tokens per second, all ranks.", registry=r
         )
         self.step_seconds = Histogram(
-            p + "step_seconds", "Wall time of one optimizer step.", buckets=_STEP_BUCKETS, registry=r
+            p + "step_seconds",
+            "Wall time of one optimizer step.",
+            buckets=_STEP_BUCKETS,
+            registry=r,
         )
         self.data_wait_seconds = Histogram(
             p + "data_wait_seconds",
@@ -141,7 +144,7 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib's name)
+    def log_message(self, format: str, *args: Any) -> None:
         # Scrapes every few seconds would drown the JSON log.
         pass
 
@@ -155,10 +158,8 @@ def serve(port: int, metrics: TrainerMetrics, progress: Progress) -> WSGIServer:
             body = json.dumps(progress.snapshot()).encode()
             start_response("200 OK", [("Content-Type", "application/json")])
             return [body]
-        return metrics_app(environ, start_response)  # type: ignore[no-any-return]
+        return metrics_app(environ, start_response)
 
-    server = make_server(
-        "", port, app, server_class=_ThreadingServer, handler_class=_QuietHandler
-    )
+    server = make_server("", port, app, server_class=_ThreadingServer, handler_class=_QuietHandler)
     threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server

@@ -55,7 +55,13 @@ class Gpt(nn.Module):
     """A small decoder-only transformer (pre-norm, learned positions, tied embeddings)."""
 
     def __init__(
-        self, vocab_size: int, seq_len: int, d_model: int, n_layers: int, n_heads: int, dropout: float
+        self,
+        vocab_size: int,
+        seq_len: int,
+        d_model: int,
+        n_layers: int,
+        n_heads: int,
+        dropout: float,
     ) -> None:
         super().__init__()
         self.seq_len = seq_len

@@ -98,10 +98,48 @@ def _mlp(config: MlpConfig) -> Recipe:
 
 
 _WORDS = (
-    "the a one every some model trainer gradient checkpoint cluster worker node pod rank "
-    "batch step loss tensor layer weight signal learns saves resumes shards reduces waits "
-    "quickly slowly again never always before after while because and but or so then"
-).split()
+    "the",
+    "a",
+    "one",
+    "every",
+    "some",
+    "model",
+    "trainer",
+    "gradient",
+    "checkpoint",
+    "cluster",
+    "worker",
+    "node",
+    "pod",
+    "rank",
+    "batch",
+    "step",
+    "loss",
+    "tensor",
+    "layer",
+    "weight",
+    "signal",
+    "learns",
+    "saves",
+    "resumes",
+    "shards",
+    "reduces",
+    "waits",
+    "quickly",
+    "slowly",
+    "again",
+    "never",
+    "always",
+    "before",
+    "after",
+    "while",
+    "because",
+    "and",
+    "but",
+    "or",
+    "so",
+    "then",
+)
 
 
 def synthetic_corpus(n_bytes: int, seed: int = 0) -> bytes:

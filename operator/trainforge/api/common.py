@@ -88,7 +88,9 @@ Quantity = Annotated[
     BeforeValidator(_quantity),
     WithJsonSchema(
         {
-            "anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}],
+            # The one anyOf a structural schema allows; bounds go beside it.
+            "anyOf": [{"type": "integer"}, {"type": "string"}],
+            "minimum": 0,
             "pattern": QUANTITY_PATTERN,
             "x-kubernetes-int-or-string": True,
         }

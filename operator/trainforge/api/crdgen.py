@@ -6,8 +6,8 @@
 Pydantic's JSON schema is turned into a Kubernetes *structural* schema: $refs inlined,
 Optional[X] becomes X (absent, not null), titles dropped, free-form objects marked
 `x-kubernetes-preserve-unknown-fields`, map key constraints (which OpenAPI v3 in Kubernetes
-cannot express) become CEL rules, and defaults of nested objects become `{}` so the server
-applies the nested defaults.
+cannot express) become CEL rules, and defaults made by default_factory appear in the schema
+so the server stores the values the operator uses.
 """
 
 from __future__ import annotations
@@ -102,11 +102,18 @@ class _CrdSchemaGenerator(GenerateJsonSchema):
             return super().get_default_value(schema)
         value = factory()
         if isinstance(value, BaseModel):
-            # `{}` lets the server fill in the nested defaults; make sure they are the same.
-            if value != type(value)():
-                raise ValueError(f"default of {type(value).__name__} must be {{}}-equivalent")
-            return {}
+            # The whole default object, not `{}`: the server checks CEL rules against the
+            # default as written, before nested defaults would fill it in.
+            return _without_empty(value.model_dump(mode="json", by_alias=True, exclude_none=True))
         return value if value else NoDefault
+
+
+def _without_empty(value: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: _without_empty(item) if isinstance(item, dict) else item
+        for key, item in value.items()
+        if item not in ({}, [])
+    }
 
 
 def structural_schema(model: type[BaseModel]) -> dict[str, Any]:

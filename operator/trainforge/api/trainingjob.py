@@ -529,14 +529,13 @@ class TrainingJobSpec(ApiModel):
 
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
+            # Static messages: string(int) in a messageExpression has an unbounded estimated
+            # cost and makes the server reject the CRD.
             cel(
                 "!has(self.procsPerWorker) || self.resources.gpusPerWorker == 0"
                 " || self.procsPerWorker <= self.resources.gpusPerWorker",
-                message_expression=(
-                    "'procsPerWorker (' + string(self.procsPerWorker) + ') must not exceed "
-                    "resources.gpusPerWorker (' + string(self.resources.gpusPerWorker) + "
-                    "'): one process per GPU at most; lower procsPerWorker or request more GPUs'"
-                ),
+                "procsPerWorker must not exceed resources.gpusPerWorker: one process per GPU at "
+                "most; lower procsPerWorker or request more GPUs",
                 field_path=".procsPerWorker",
             ),
         )
@@ -690,15 +689,14 @@ ROOT_RULES = [
         field_path=".metadata.name",
     ),
     cel(
-        f"size(self.metadata.name) + size(string(self.spec.workers - 1))"
-        f" <= {MAX_HOSTNAME - len(WORKER_INFIX)}",
-        message_expression=(
-            f"'metadata.name is ' + string(size(self.metadata.name)) + ' characters; with ' + "
-            f"string(self.spec.workers) + ' workers it must be at most ' + "
-            f"string({MAX_HOSTNAME - len(WORKER_INFIX)} - size(string(self.spec.workers - 1))) + "
-            f"' so that the pod hostname <name>{WORKER_INFIX}<index> fits in {MAX_HOSTNAME} "
-            "characters; shorten the name'"
-        ),
+        f"size(self.metadata.name) <= {MAX_HOSTNAME - len(WORKER_INFIX)} - "
+        "(self.spec.workers > 1000 ? 4 : self.spec.workers > 100 ? 3 : "
+        "self.spec.workers > 10 ? 2 : 1)",
+        f"metadata.name is too long for spec.workers: the pod hostname "
+        f"<name>{WORKER_INFIX}<workers-1> must fit in {MAX_HOSTNAME} characters, so the name "
+        f"may have at most {max_name_length(10)} characters with up to 10 workers, "
+        f"{max_name_length(100)} up to 100, {max_name_length(1000)} up to 1000 and "
+        f"{max_name_length(MAX_WORKERS)} beyond; shorten the name",
         field_path=".metadata.name",
     ),
     *(_locked_rule(field) for field in IMMUTABLE_WHILE_RUNNING),

@@ -273,7 +273,8 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
     present = {p.index for p in current}
     result.create = [pod for pod in children.pods if _index(pod) not in present]
     if result.create and not obs.children_ensured:
-        result.create = children.others + result.create
+        others = (children.service, children.checkpoint_pvc, children.pod_group)
+        result.create = [c for c in others if c] + result.create
 
     running = [p for p in current if p.phase == "Running"]
     if len(running) == spec.workers:

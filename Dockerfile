@@ -1,0 +1,32 @@
+# trainforge operator image: `trainforge run` and nothing else. The trainer and inference
+# server run from trainer_image/Dockerfile (torch); this image installs the operator's
+# dependencies only (`pip install .` without extras).
+#
+#   docker build -t ghcr.io/trainforge/operator:0.1.0 .
+
+ARG PYTHON_IMAGE=python:3.12.10-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+RUN python -m venv /opt/trainforge
+WORKDIR /src
+# Only what the distribution is built from; .dockerignore keeps the rest out of the context.
+COPY pyproject.toml README.md ./
+COPY operator/ operator/
+COPY trainer_image/trainforge_trainer/ trainer_image/trainforge_trainer/
+RUN /opt/trainforge/bin/pip install --no-cache-dir . \
+    && /opt/trainforge/bin/trainforge run --help > /dev/null
+
+FROM ${PYTHON_IMAGE}
+# The numeric user the Helm chart's securityContext runs as (runAsNonRoot needs a number).
+RUN useradd --uid 65532 --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin trainforge
+COPY --from=build /opt/trainforge /opt/trainforge
+ENV PATH=/opt/trainforge/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1
+USER 65532:65532
+# Metrics and liveness (/healthz); the chart sets both ports explicitly.
+EXPOSE 8000 8080
+ENTRYPOINT ["trainforge", "run"]

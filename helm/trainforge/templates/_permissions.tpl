@@ -1,0 +1,90 @@
+{{/*
+The operator's API permissions: the one list both the ClusterRole (scope all) and the
+per-namespace Roles render. Least privilege: every verb below is a call the operator makes;
+the comment on each rule names the caller. tests/helm/test_rbac.py checks the list against
+the calls a real operator run makes, and docs/install.md explains it for reviewers.
+
+Deliberately NOT granted:
+- customresourcedefinitions (list/watch) and namespaces (list/watch): kopf tries them to
+  notice new CRDs and namespaces at runtime, logs a warning when forbidden, and keeps serving
+  the resources and namespaces it found at startup.
+- kopf's own Events: the operator disables kopf's event posting and records its own.
+*/}}
+{{- define "trainforge.rules" -}}
+# TrainingJobs: kopf lists + watches them (index and event handler); the operator deletes a
+# finished job after ttlSecondsAfterFinished; an InferenceService with
+# model.fromTrainingJob reads its job.
+- apiGroups: [trainforge.io]
+  resources: [trainingjobs]
+  verbs: [get, list, watch, delete]
+# The operator is the only writer of TrainingJob status (merge patch).
+- apiGroups: [trainforge.io]
+  resources: [trainingjobs/status]
+  verbs: [patch]
+# InferenceServices: watched by kopf; read by the reconcile.
+- apiGroups: [trainforge.io]
+  resources: [inferenceservices]
+  verbs: [get, list, watch]
+- apiGroups: [trainforge.io]
+  resources: [inferenceservices/status]
+  verbs: [patch]
+# Children carry ownerReferences with blockOwnerDeletion, which the
+# OwnerReferencesPermissionEnforcement admission plugin (OpenShift, hardened clusters)
+# allows only to clients that may update the owner's finalizers.
+- apiGroups: [trainforge.io]
+  resources: [trainingjobs/finalizers, inferenceservices/finalizers]
+  verbs: [update]
+# Worker pods: kopf lists + watches them (by label); the operator creates the gang and
+# deletes it on restart, suspend, failure and deadline. Pods are never patched (immutable).
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch, create, delete]
+# The TrainingJob headless Service (create only); the InferenceService's Service (full
+# reconcile: read, create, patch on drift, delete when no longer wanted).
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, list, watch, create, patch, delete]
+# The checkpoint PVC of spec.checkpoint.volumeClaimTemplate (create), and the existence check
+# of spec.checkpoint.claimName (get), which turns a missing claim into a Stalled condition.
+- apiGroups: [""]
+  resources: [persistentvolumeclaims]
+  verbs: [get, create]
+# Events shown by `kubectl describe` (gang restarted, job failed, succeeded, suspended).
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+# InferenceService children: Deployment, HPA (spec.autoscaling), PDB (more than one replica).
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, patch, delete]
+# Gang scheduling: the PodGroup of scheduling.gang.policy Volcano / Coscheduling.
+- apiGroups: [scheduling.volcano.sh]
+  resources: [podgroups]
+  verbs: [create]
+- apiGroups: [scheduling.x-k8s.io]
+  resources: [podgroups]
+  verbs: [create]
+# Existence check of spec.network.rdma.networks (Multus NetworkAttachmentDefinitions): a
+# missing one becomes a Stalled condition instead of pods stuck in ContainerCreating.
+- apiGroups: [k8s.cni.cncf.io]
+  resources: [network-attachment-definitions]
+  verbs: [get]
+{{- if include "trainforge.ha" . }}
+{{- $peerings := ternary "clusterkopfpeerings" "kopfpeerings" (eq (include "trainforge.clusterwide" .) "true") }}
+# HA (replicaCount > 1): kopf watches the peering objects and writes its keep-alive into
+# the one it uses (and no other).
+- apiGroups: [kopf.dev]
+  resources: [{{ $peerings }}]
+  verbs: [list, watch]
+- apiGroups: [kopf.dev]
+  resources: [{{ $peerings }}]
+  resourceNames: [{{ include "trainforge.peeringName" . | quote }}]
+  verbs: [patch]
+{{- end }}
+{{- end -}}

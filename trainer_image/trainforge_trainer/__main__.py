@@ -1,0 +1,60 @@
+"""`python -m trainforge_trainer train|serve`.
+
+train  [--config FILE] [--entrypoint module:function]   (config: FILE, else TRAINFORGE_CONFIG)
+serve  ...                                               (the inference server's own flags)
+
+Exit codes (trainforge.contract): 0 done, EXIT_CONFIG_ERROR for a config that cannot run
+(one line per bad field on stderr, also in the termination message), EXIT_PREEMPTED after a
+SIGTERM-triggered checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping, Sequence
+
+from trainforge import contract
+from trainforge_trainer.config import ConfigError, load
+from trainforge_trainer.metrics import termination_message_path, write_termination_message
+
+
+def _config_error(exc: ConfigError, env: Mapping[str, str]) -> int:
+    for line in exc.lines:
+        print(f"trainforge-trainer: config error: {line}", file=sys.stderr)
+    path = termination_message_path(env)
+    if path is not None:
+        write_termination_message(path, {contract.PROGRESS_ERROR_KEY: "\n".join(exc.lines)})
+    return contract.EXIT_CONFIG_ERROR
+
+
+def _train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    try:
+        cfg = load(args.config, env, args.entrypoint)
+        # Imported only now: torch takes seconds to import and a bad config should not wait.
+        from trainforge_trainer.loop import train
+
+        return train(cfg, env)
+    except ConfigError as exc:
+        return _config_error(exc, env)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m trainforge_trainer")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train (single process or under torchrun)")
+    train.add_argument("--config", help="YAML/JSON trainer config (default: TRAINFORGE_CONFIG)")
+    train.add_argument("--entrypoint", help="module:function building model, datasets, loss")
+    serve = commands.add_parser("serve", help="serve a checkpoint (Open Inference Protocol)")
+    serve.add_argument("serve_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    if args.command == "serve":
+        from trainforge_trainer.serve import main as serve_main
+
+        return serve_main(args.serve_args)
+    return _train(args, os.environ)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,497 @@
+"""The training loop: setup, resume, steps, evaluation, checkpoints, preemption.
+
+One optimizer step = `gradAccumSteps` micro-batches of `batchSize` per rank, so the global
+batch is batchSize x gradAccumSteps x world size. Gradients are synchronised only on the last
+micro-batch (DDP no_sync / FSDP set_requires_gradient_sync).
+
+Everything that decides future numbers (weights, optimizer, lr schedule, loss scale, data
+position, every RNG) is in the checkpoint, so a resumed run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import json
+import math
+import pickle
+import random
+import signal
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_state_dict,
+    set_model_state_dict,
+    set_state_dict,
+)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
+from torch.nn.parallel import DistributedDataParallel
+
+from trainforge import contract
+from trainforge_trainer import checkpoint, distributed, logs
+from trainforge_trainer import config as config_mod
+from trainforge_trainer.checkpoint import Checkpointer, CommittedCheckpoint
+from trainforge_trainer.config import ConfigError, TrainerConfig
+from trainforge_trainer.data import DataPosition, TrainStream, eval_loader
+from trainforge_trainer.metrics import Progress, TrainerMetrics, serve, termination_message_path
+from trainforge_trainer.recipes import Recipe, build_recipe
+
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warmup to 1, then cosine decay to `min_ratio` at `total` steps."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _shard(model: nn.Module, world_size: int, device: torch.device, precision: str) -> nn.Module:
+    """FSDP2: each repeated block (children of a ModuleList) is a unit, the rest the root."""
+    mesh = init_device_mesh(device.type, (world_size,))
+    # bf16 via FSDP's policy: parameters are all-gathered in bf16, gradients reduced in fp32.
+    policy = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if precision == "bf16"
+        else MixedPrecisionPolicy()
+    )
+    for module in list(model.modules()):
+        if isinstance(module, nn.ModuleList):
+            for block in module:
+                fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=policy)
+    return model
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: TrainerConfig,
+        env: Mapping[str, str],
+        *,
+        metrics_enabled: bool = True,
+    ) -> None:
+        self.cfg = cfg
+        self.env = env
+        self._stop_requested = False
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+        self.dist = distributed.setup(env)
+        logs.configure(self.dist.rank)
+        _seed_all(cfg.seed)
+        self.recipe: Recipe = build_recipe(cfg)
+        # Same weights on every rank (seeded above); from here on each rank its own streams
+        # (dropout masks must differ between ranks).
+        _seed_all(cfg.seed + self.dist.rank)
+
+        self.device = self.dist.device
+        self.model = self._wrap(self.recipe.model.to(self.device))
+        self.optimizer = self._optimizer()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            functools.partial(
+                lr_factor, warmup=cfg.warmupSteps, total=cfg.maxSteps, min_ratio=cfg.minLrRatio
+            ),
+        )
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        on_gpu = self.device.type == "cuda"
+        self.stream = TrainStream(
+            self.recipe.train,
+            batch_size=cfg.batchSize,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            seed=cfg.seed,
+            num_workers=cfg.data.get("numWorkers", 0)
+            if isinstance(cfg.data, dict)
+            else cfg.data.numWorkers,
+            pin_memory=on_gpu,
+        )
+        self.step = 0
+        self.samples_per_step = cfg.batchSize * cfg.gradAccumSteps * self.dist.world_size
+
+        # Telemetry: metrics and /progress on rank 0; the termination message on every pod.
+        self.metrics = TrainerMetrics() if metrics_enabled and self.dist.is_main else None
+        if self.metrics is not None:
+            self.metrics.total_steps.set(cfg.maxSteps)
+        self.progress = Progress(
+            cfg.maxSteps,
+            termination_message_path(env) if self.dist.local_rank == 0 else None,
+        )
+        self._server = self._serve_metrics()
+
+        ckpt_dir = Path(env.get(contract.ENV_CHECKPOINT_DIR, contract.DEFAULT_CHECKPOINT_MOUNT))
+        self.checkpointer = Checkpointer(
+            ckpt_dir,
+            self.dist,
+            config_mod.dump(cfg),
+            keep_last=cfg.checkpoint.keepLast,
+            async_save=cfg.checkpoint.async_,
+            attempt=env.get(contract.ENV_RESTART_ATTEMPT, "0"),
+            on_commit=self._on_commit,
+        )
+        self._last_save_time = time.monotonic()
+
+    # --- setup ----------------------------------------------------------------------------
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        if self.cfg.strategy == "fsdp":
+            model = _shard(model, self.dist.world_size, self.device, self.cfg.precision)
+        elif self.dist.world_size > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=ids)
+        self._sync_owner = model
+        if self.cfg.compile:
+            model = torch.compile(model)  # type: ignore[assignment]
+        return model
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        # No weight decay on biases and norm gains (1-d tensors), as usual for AdamW.
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
+        groups = [
+            {"params": decay, "weight_decay": self.cfg.weightDecay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=self.cfg.lr)
+
+    def _serve_metrics(self) -> Any:
+        port = self.env.get(contract.ENV_METRICS_PORT)
+        if self.metrics is None or not port:
+            return None
+        try:
+            return serve(int(port), self.metrics, self.progress)
+        except OSError as exc:
+            # Metrics are not worth failing a training run for.
+            logs.warning("metrics_server_failed", port=port, reason=str(exc))
+            return None
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._stop_requested = True
+        logs.event("stop_requested", signal=signal.Signals(signum).name)
+
+    # --- checkpoint state -----------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        model_state, optim_state = get_state_dict(self.model, self.optimizer)
+        trainer = {
+            "step": self.step,
+            "epoch": self.stream.position.epoch,
+            "batchInEpoch": self.stream.position.batch_in_epoch,
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+        return {
+            "model": model_state,
+            "optim": optim_state,
+            "trainer": io.BytesIO(json.dumps(trainer).encode()),
+            # RNG streams differ per rank, so each rank saves its own under its own key.
+            f"rng/{self.dist.rank}": io.BytesIO(pickle.dumps(_rng_state())),
+        }
+
+    def _resume(self, found: CommittedCheckpoint) -> None:
+        state = self._state()
+        same_world = found.manifest.get("worldSize") == self.dist.world_size
+        rng_key = f"rng/{self.dist.rank}"
+        if same_world:
+            state[rng_key] = io.BytesIO()
+        else:
+            del state[rng_key]
+            logs.warning(
+                "rng_not_restored",
+                reason="world size changed",
+                saved=found.manifest.get("worldSize"),
+                now=self.dist.world_size,
+            )
+        state["trainer"] = io.BytesIO()
+        self.checkpointer.load(found, state)
+        set_state_dict(
+            self.model,
+            self.optimizer,
+            model_state_dict=state["model"],
+            optim_state_dict=state["optim"],
+        )
+        trainer = json.loads(state["trainer"].getvalue())
+        self.step = trainer["step"]
+        self.scheduler.load_state_dict(trainer["scheduler"])
+        self.scaler.load_state_dict(trainer["scaler"])
+        self.stream.restore(DataPosition(trainer["epoch"], trainer["batchInEpoch"]))
+        if same_world:
+            _set_rng_state(pickle.loads(state[rng_key].getvalue()))
+        self.checkpointer.last_saved_step = self.step
+        self._on_commit(found, None)
+        logs.event("resumed", step=self.step, path=str(found.path))
+
+    def _init_from(self, location: str) -> None:
+        found: CommittedCheckpoint | None = None
+        error: list[str] | None = None
+        if self.dist.is_main:
+            try:
+                found = checkpoint.resolve(location)
+            except ConfigError as exc:
+                error = exc.lines
+        found, error = self.dist.broadcast_object((found, error))
+        if error:
+            raise ConfigError(error)
+        assert found is not None
+        model_state = get_model_state_dict(self.model)
+        checkpoint.load_model_weights(found, model_state, self.dist.checkpoint_group)
+        set_model_state_dict(self.model, model_state)
+        logs.event("initialized_from", path=str(found.path), step=found.step)
+
+    def _on_commit(self, committed: CommittedCheckpoint, seconds: float | None) -> None:
+        if self.metrics is not None:
+            self.metrics.last_committed_step.set(committed.step)
+            if seconds is not None:
+                self.metrics.checkpoint_seconds.observe(seconds)
+                self.metrics.checkpoint_bytes.set(committed.manifest["bytes"])
+                self.metrics.checkpoint_bytes_total.inc(committed.manifest["bytes"])
+        self.progress.update(checkpoint=committed.record())
+        self.progress.write()
+        if seconds is not None:
+            logs.event(
+                "checkpoint_committed",
+                step=committed.step,
+                path=str(committed.path),
+                seconds=round(seconds, 3),
+                bytes=committed.manifest["bytes"],
+            )
+
+    def _save(self) -> None:
+        if self.checkpointer.last_saved_step == self.step:
+            return
+        blocked = self.checkpointer.save(self.step, self._state())
+        self._last_save_time = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.checkpoint_blocking_seconds.observe(blocked)
+
+    # --- steps ----------------------------------------------------------------------------
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        # FSDP applies bf16 through its MixedPrecisionPolicy instead.
+        if self.cfg.precision == "fp32" or self.cfg.strategy == "fsdp":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=_DTYPES[self.cfg.precision])
+
+    def _grad_sync(self, sync: bool) -> contextlib.AbstractContextManager[Any]:
+        owner = self._sync_owner
+        if isinstance(owner, FSDPModule):
+            owner.set_requires_gradient_sync(sync)
+        elif isinstance(owner, DistributedDataParallel) and not sync:
+            return owner.no_sync()
+        return contextlib.nullcontext()
+
+    def _train_step(self) -> tuple[torch.Tensor, float]:
+        """One optimizer step; returns the loss (a tensor: no host sync) and data-wait time."""
+        accum = self.cfg.gradAccumSteps
+        total = torch.zeros((), device=self.device)
+        waited = 0.0
+        for micro in range(accum):
+            t = time.perf_counter()
+            inputs, targets = next(self.stream)
+            waited += time.perf_counter() - t
+            inputs = inputs.to(self.device, non_blocking=True)
+            targets = targets.to(self.device, non_blocking=True)
+            with self._grad_sync(micro == accum - 1), self._autocast():
+                loss = self.recipe.loss(self.model(inputs), targets) / accum
+            self.scaler.scale(loss).backward()
+            total += loss.detach()
+        if self.cfg.gradClip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.gradClip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        return total, waited
+
+    def _mean_over_ranks(self, values: list[float]) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.dist.world_size > 1:
+            dist.all_reduce(t)
+            t /= self.dist.world_size
+        return [float(v) for v in t.tolist()]
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict[str, float] | None:
+        """Loss (and accuracy or perplexity) over a whole split, all ranks together."""
+        dataset = self.recipe.val if split == "val" else self.recipe.test
+        if dataset is None:
+            return None
+        loader = eval_loader(
+            dataset,
+            batch_size=self.cfg.batchSize,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            num_workers=self.stream.num_workers,
+            pin_memory=self.stream.pin_memory,
+        )
+        self.model.eval()
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, count, correct
+        for inputs, targets in loader:
+            inputs, targets = inputs.to(self.device), targets.to(self.device)
+            with self._autocast():
+                out = self.model(inputs)
+            n = targets.numel()
+            sums[0] += self.recipe.loss(out, targets).double() * n
+            sums[1] += n
+            if self.recipe.metric == "accuracy":
+                sums[2] += (out.argmax(dim=-1) == targets).sum()
+        self.model.train()
+        if self.dist.world_size > 1:
+            dist.all_reduce(sums)
+        loss_sum, count, correct = sums.tolist()
+        if count == 0:
+            return None
+        result = {"loss": loss_sum / count}
+        if self.recipe.metric == "accuracy":
+            result["accuracy"] = correct / count
+        elif self.recipe.metric == "perplexity":
+            result["perplexity"] = math.exp(min(result["loss"], 50.0))
+        logs.event(
+            "eval", split=split, step=self.step, **{k: round(v, 6) for k, v in result.items()}
+        )
+        if self.metrics is not None:
+            self.metrics.eval_loss.labels(split).set(result["loss"])
+            if self.recipe.metric is not None:
+                self.metrics.eval_metric.labels(split, self.recipe.metric).set(
+                    result[self.recipe.metric]
+                )
+        return result
+
+    def _steps(self) -> Iterator[tuple[torch.Tensor, float, float]]:
+        while self.step < self.cfg.maxSteps:
+            started = time.perf_counter()
+            loss, waited = self._train_step()
+            self.step += 1
+            yield loss, waited, time.perf_counter() - started
+
+    # --- the run --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Train to maxSteps (exit 0) or until SIGTERM (checkpoint, EXIT_PREEMPTED)."""
+        cfg = self.cfg
+        self.checkpointer.clean_stale()
+        found = self.checkpointer.find_resume()
+        if found is not None:
+            self._resume(found)
+        elif cfg.initFrom:
+            self._init_from(cfg.initFrom)
+        self.model.train()
+        logs.event(
+            "training_started",
+            step=self.step,
+            maxSteps=cfg.maxSteps,
+            worldSize=self.dist.world_size,
+            globalBatch=self.samples_per_step,
+            strategy=cfg.strategy,
+            precision=cfg.precision,
+        )
+        every, every_s = cfg.checkpoint.everySteps, cfg.checkpoint.everySeconds
+        interval_loss = torch.zeros((), device=self.device)
+        interval_steps, interval_start = 0, time.perf_counter()
+        for loss, waited, seconds in self._steps():
+            interval_loss += loss
+            interval_steps += 1
+            if self.metrics is not None:
+                self.metrics.step.set(self.step)
+                self.metrics.step_seconds.observe(seconds)
+                self.metrics.data_wait_seconds.observe(waited)
+            self.progress.update(step=self.step)
+            time_due = every_s > 0 and time.monotonic() - self._last_save_time >= every_s
+            stop, time_due = self.dist.any_rank(self._stop_requested, time_due)
+            if stop or self.step % cfg.logEverySteps == 0 or self.step == cfg.maxSteps:
+                self._report(interval_loss / interval_steps, interval_steps, interval_start)
+                interval_loss.zero_()
+                interval_steps, interval_start = 0, time.perf_counter()
+            if cfg.evalEverySteps and self.step % cfg.evalEverySteps == 0:
+                self.evaluate("val")
+            if stop:
+                self._save()
+                self.checkpointer.wait()
+                logs.event("preempted", step=self.step)
+                return contract.EXIT_PREEMPTED
+            if (every and self.step % every == 0) or time_due:
+                self._save()
+        self._save()
+        self.checkpointer.wait()
+        self.evaluate("val")
+        self.evaluate("test")
+        logs.event("training_finished", step=self.step)
+        return 0
+
+    def _report(self, loss: torch.Tensor, steps: int, since: float) -> None:
+        elapsed = time.perf_counter() - since
+        (mean_loss,) = self._mean_over_ranks([float(loss)])
+        samples_s = steps * self.samples_per_step / elapsed
+        tokens = self.recipe.tokens_per_sample
+        fields: dict[str, Any] = {
+            "step": self.step,
+            "loss": round(mean_loss, 6),
+            "lr": self.scheduler.get_last_lr()[0],
+            "samplesPerSecond": round(samples_s, 2),
+        }
+        if tokens:
+            fields["tokensPerSecond"] = round(samples_s * tokens, 1)
+        logs.event("progress", **fields)
+        self.progress.update(
+            step=self.step, loss=fields["loss"], samplesPerSecond=fields["samplesPerSecond"]
+        )
+        self.progress.write()
+        if self.metrics is not None:
+            self.metrics.loss.set(mean_loss)
+            self.metrics.samples_per_second.set(samples_s)
+            if tokens:
+                self.metrics.tokens_per_second.set(samples_s * tokens)
+
+    def close(self) -> None:
+        try:
+            self.checkpointer.close()
+        finally:
+            if self._server is not None:
+                self._server.shutdown()
+            distributed.teardown()
+
+
+def train(cfg: TrainerConfig, env: Mapping[str, str]) -> int:
+    trainer = Trainer(cfg, env)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()

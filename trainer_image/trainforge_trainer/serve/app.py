@@ -1,0 +1,295 @@
+"""The HTTP server: OIP V2 REST routes, metrics, hot-reload watcher and graceful drain.
+
+Routes (model routes also under /v2/models/{name}/versions/{version}/...):
+
+    GET  /v2/health/live          200 while the process serves HTTP
+    GET  /v2/health/ready         200 once a checkpoint is loaded; 503 before and when draining
+    GET  /v2                      server metadata
+    GET  /v2/models/{name}        model metadata (served step in versions and parameters)
+    GET  /v2/models/{name}/ready  as /v2/health/ready, for this model
+    POST /v2/models/{name}/infer  inference
+    GET  /metrics                 Prometheus text
+
+Every error is JSON `{"error": "..."}`: 4xx for the client's mistakes, 503 while not ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+import torch
+from aiohttp import web
+
+from trainforge_trainer import logs
+from trainforge_trainer.serve import protocol
+from trainforge_trainer.serve.batcher import DynamicBatcher
+from trainforge_trainer.serve.metrics import ServeMetrics
+from trainforge_trainer.serve.model_store import ModelStore, ServedModel, describe
+from trainforge_trainer.serve.settings import ServeSettings
+
+# In-flight requests get this long to finish once the server stops listening.
+SHUTDOWN_TIMEOUT_SECONDS = 20.0
+# Before the first checkpoint is loaded, look for one this often (whatever the reload interval).
+FIRST_LOAD_POLL_SECONDS = 1.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+def _server_version() -> str:
+    try:
+        return metadata.version("trainforge")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+class InferenceServer:
+    def __init__(self, settings: ServeSettings) -> None:
+        self.settings = settings
+        self.metrics = ServeMetrics(settings.max_batch_size)
+        self.store = ModelStore(
+            settings.checkpoint_dir,
+            settings.quantize,
+            resolve_device(settings.device),
+            on_loaded=self._on_loaded,
+            on_failed=lambda: self.metrics.reloads.labels("failed").inc(),
+        )
+        self.batcher = DynamicBatcher(
+            self._run_batch,
+            settings.max_batch_size,
+            settings.max_batch_delay_ms / 1000,
+            observe=self._on_batch,
+        )
+        self.draining = False
+        self.in_flight = 0
+        self.metrics.in_flight.set_function(lambda: self.in_flight)
+        self.port: int | None = None
+        self._runner: web.AppRunner | None = None
+        self._watcher: asyncio.Task[None] | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> int:
+        """Listen (live at once, ready after the first load); return the bound port."""
+        self._runner = web.AppRunner(
+            self.make_app(), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        self.batcher.start()
+        self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="reload")
+        logs.event(
+            "serving",
+            host=self.settings.host,
+            port=self.port,
+            model=self.settings.model_name,
+            checkpoint_dir=str(self.settings.checkpoint_dir),
+            max_batch_size=self.settings.max_batch_size,
+            max_batch_delay_ms=self.settings.max_batch_delay_ms,
+            quantize=self.settings.quantize,
+            device=str(self.store.device),
+        )
+        return self.port
+
+    async def shutdown(self, drain_seconds: float) -> None:
+        """Fail readiness, keep answering `drain_seconds`, stop listening, finish in-flight."""
+        self.draining = True
+        self.metrics.ready.set(0)
+        logs.event("draining", seconds=drain_seconds, in_flight=self.in_flight)
+        await asyncio.sleep(drain_seconds)
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        if self._runner is not None:
+            await self._runner.cleanup()  # closes the socket, then waits for running handlers
+        await self.batcher.stop()
+        logs.event("stopped")
+
+    async def _watch(self) -> None:
+        interval = self.settings.reload_interval_seconds
+        while True:
+            try:
+                await asyncio.to_thread(self.store.check)
+            except Exception as exc:  # an unreadable volume must not stop future polls
+                logs.error("checkpoint_poll_failed", error=repr(exc))
+            if self.store.current is None:
+                await asyncio.sleep(FIRST_LOAD_POLL_SECONDS)
+            elif interval == 0:
+                return
+            else:
+                await asyncio.sleep(interval)
+
+    # --- callbacks ------------------------------------------------------------------------
+
+    def _on_loaded(self, served: ServedModel, seconds: float) -> None:
+        self.metrics.reloads.labels("loaded").inc()
+        self.metrics.load_seconds.observe(seconds)
+        self.metrics.model_step.set(served.step)
+        self.metrics.ready.set(0 if self.draining else 1)
+
+    def _on_batch(self, rows: int, waits: list[float], seconds: float) -> None:
+        self.metrics.batch_size.observe(rows)
+        self.metrics.compute_seconds.observe(seconds)
+        for wait in waits:
+            self.metrics.queue_seconds.observe(wait)
+
+    def _run_batch(self, merged: np.ndarray) -> tuple[np.ndarray, ServedModel]:
+        # Read the reference once: the whole batch runs on one model even if a reload lands.
+        served = self.store.current
+        if served is None:
+            raise RuntimeError("no model loaded")
+        return served.run(merged), served
+
+    # --- HTTP -----------------------------------------------------------------------------
+
+    def make_app(self) -> web.Application:
+        app = web.Application(
+            client_max_size=self.settings.max_request_bytes, middlewares=[self._middleware]
+        )
+        model = "/v2/models/{name}"
+        versioned = "/v2/models/{name}/versions/{version}"
+        app.router.add_get("/v2/health/live", self._live)
+        app.router.add_get("/v2/health/ready", self._ready)
+        app.router.add_get("/v2", self._server_metadata)
+        app.router.add_get("/metrics", self._metrics)
+        for prefix in (model, versioned):
+            app.router.add_get(prefix, self._model_metadata)
+            app.router.add_get(prefix + "/ready", self._model_ready)
+            app.router.add_post(prefix + "/infer", self._infer)
+        return app
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "unmatched"
+        try:
+            response = await handler(request)
+        except protocol.ProtocolError as exc:
+            response = _error(exc.status, exc.message)
+        except web.HTTPException as exc:  # aiohttp's own: no route (404), wrong method (405)
+            response = _error(exc.status, f"{exc.reason}: {request.method} {request.path}")
+        except Exception as exc:
+            logs.error("request_failed", route=route, error=repr(exc))
+            response = _error(500, f"internal error: {exc}")
+        self.metrics.requests.labels(route, str(response.status)).inc()
+        return response
+
+    def _not_ready_reason(self) -> str | None:
+        if self.draining:
+            return "the server is shutting down"
+        if self.store.current is None:
+            return (
+                f"model {self.settings.model_name!r} is not loaded yet: waiting for a "
+                f"committed checkpoint in {str(self.settings.checkpoint_dir)!r}"
+            )
+        return None
+
+    def _model(self, request: web.Request) -> ServedModel:
+        """The served model the URL names, or the 404/503 that says why not."""
+        name = request.match_info["name"]
+        if name != self.settings.model_name:
+            raise protocol.ProtocolError(
+                f"unknown model {name!r}; this server serves {self.settings.model_name!r}", 404
+            )
+        reason = self._not_ready_reason()
+        served = self.store.current
+        if reason is not None or served is None:
+            raise protocol.ProtocolError(reason or "no model loaded", 503)
+        version = request.match_info.get("version")
+        if version is not None and version != str(served.step):
+            raise protocol.ProtocolError(
+                f"unknown version {version!r} of model {name!r}; serving version {served.step}",
+                404,
+            )
+        return served
+
+    async def _live(self, _request: web.Request) -> web.Response:
+        return web.json_response({"live": True})
+
+    async def _ready(self, _request: web.Request) -> web.Response:
+        reason = self._not_ready_reason()
+        if reason is not None:
+            return web.json_response({"ready": False, "error": reason}, status=503)
+        return web.json_response({"ready": True})
+
+    async def _server_metadata(self, _request: web.Request) -> web.Response:
+        return web.json_response(
+            {"name": "trainforge", "version": _server_version(), "extensions": []}
+        )
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.metrics.exposition(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+    async def _model_metadata(self, request: web.Request) -> web.Response:
+        served = self._model(request)
+        return web.json_response(
+            protocol.model_metadata(
+                self.settings.model_name,
+                str(served.step),
+                served.signature,
+                describe(served, self.settings.quantize),
+            )
+        )
+
+    async def _model_ready(self, request: web.Request) -> web.Response:
+        served = self._model(request)
+        return web.json_response(
+            {"name": self.settings.model_name, "ready": True, "version": str(served.step)}
+        )
+
+    async def _infer(self, request: web.Request) -> web.Response:
+        started = time.perf_counter()
+        self.in_flight += 1
+        try:
+            served = self._model(request)
+            with self.batcher.arriving():
+                body = await self._read_json(request)
+                parsed = protocol.parse_infer_request(body, served.signature)
+            output, answered_by = await self.batcher.submit(parsed.array)
+            response = protocol.infer_response(
+                self.settings.model_name,
+                str(answered_by.step),
+                parsed.id,
+                answered_by.signature.output,
+                output,
+            )
+            self.metrics.request_seconds.observe(time.perf_counter() - started)
+            return web.json_response(response)
+        finally:
+            self.in_flight -= 1
+
+    async def _read_json(self, request: web.Request) -> Any:
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise protocol.ProtocolError(
+                f"request body too large: the limit is {self.settings.max_request_bytes} bytes "
+                "(--max-request-bytes); send fewer rows per request",
+                413,
+            ) from None
+        try:
+            return json.loads(raw)
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise protocol.ProtocolError(f"malformed JSON: {exc}") from None

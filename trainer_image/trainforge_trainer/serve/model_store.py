@@ -1,0 +1,186 @@
+"""The served model: loaded from the newest committed checkpoint, and replaced by newer ones.
+
+A `ServedModel` is immutable; `ModelStore.current` is swapped in one assignment once a newer
+checkpoint is fully loaded and warmed up, so a batch always runs on one complete model and
+requests in flight during a reload are answered by the old one.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from trainforge_trainer import checkpoint as ckpt
+from trainforge_trainer import config as config_mod
+from trainforge_trainer import logs
+from trainforge_trainer.serve.protocol import Signature, TensorSpec
+
+
+def signature_for(config: config_mod.TrainerConfig) -> Signature:
+    """The model's input and output tensors, from the trainer config in the manifest."""
+    if isinstance(config, config_mod.MlpConfig):
+        m = config.model
+        return Signature(
+            TensorSpec("input", "FP32", (-1, m.inputDim)),
+            TensorSpec("logits", "FP32", (-1, m.numClasses)),
+        )
+    if isinstance(config, config_mod.GptConfig):
+        g = config.model
+        # Any length up to the trained context (positions beyond it have no embedding).
+        return Signature(
+            TensorSpec(
+                "tokens",
+                "INT64",
+                (-1, -1),
+                min_value=0,
+                max_value=g.vocabSize - 1,
+                max_shape=(-1, g.seqLen),
+            ),
+            TensorSpec("logits", "FP32", (-1, -1, g.vocabSize)),
+        )
+    # A user's model: only the batch dimension is known; the model itself checks the rest.
+    return Signature(
+        TensorSpec("input", "FP32", (-1,), any_rank=True),
+        TensorSpec("output", "FP32", (-1,), any_rank=True),
+    )
+
+
+def quantize_int8(model: nn.Module) -> nn.Module:
+    """Dynamic int8 quantization of the Linear layers (weights int8, activations per batch)."""
+    # torch.ao.quantization warns that it moves to torchao; it is still the stock CPU path
+    # and needs no extra dependency.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from torch.ao.quantization import quantize_dynamic
+
+        return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    step: int
+    path: Path
+    time: str  # commit time of the checkpoint (RFC 3339)
+    module: nn.Module
+    signature: Signature
+    device: torch.device
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Forward one merged batch (called on the inference thread)."""
+        with torch.inference_mode():
+            out = self.module(torch.from_numpy(batch).to(self.device))
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"the model returned {type(out).__name__}; the server needs a tensor")
+        return out.float().cpu().numpy() if out.is_floating_point() else out.cpu().numpy()
+
+    def identity(self) -> tuple[str, str]:
+        return (str(self.path), self.time)
+
+
+def load(checkpoint: ckpt.CommittedCheckpoint, quantize: str, device: torch.device) -> ServedModel:
+    config = config_mod.parse(checkpoint.manifest["config"])
+    with warnings.catch_warnings():
+        # DCP notes that it loads without a process group: exactly what a server wants.
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        module = ckpt.load_model_for_inference(checkpoint)
+    if quantize == "int8":
+        module = quantize_int8(module)
+    module = module.to(device).eval()
+    served = ServedModel(
+        step=checkpoint.step,
+        path=checkpoint.path,
+        time=checkpoint.time,
+        module=module,
+        signature=signature_for(config),
+        device=device,
+    )
+    _warm_up(served)
+    return served
+
+
+def _warm_up(served: ServedModel) -> None:
+    # One forward before serving: lazy init and allocator warm-up happen here, not in the
+    # first user's latency, and a model that cannot run never replaces a working one.
+    spec = served.signature.input
+    if spec.any_rank:
+        return
+    shape = [1 if d == -1 else d for d in spec.shape]
+    served.run(np.zeros(shape, dtype=np.float32 if spec.datatype == "FP32" else np.int64))
+
+
+class ModelStore:
+    """Finds, loads and swaps the served model. `check()` blocks: call it off the event loop."""
+
+    def __init__(
+        self,
+        checkpoint_dir: Path,
+        quantize: str,
+        device: torch.device,
+        on_loaded: Callable[[ServedModel, float], None] = lambda _m, _s: None,
+        on_failed: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.checkpoint_dir = checkpoint_dir
+        self.quantize = quantize
+        self.device = device
+        self.current: ServedModel | None = None
+        self._on_loaded = on_loaded
+        self._on_failed = on_failed
+        # The newest checkpoint already acted on (loaded or rejected): polls that find it
+        # again cost one manifest read, not a re-hash of every weight file.
+        self._seen: tuple[str, str] | None = None
+
+    def check(self) -> bool:
+        """Load the newest committed checkpoint if it is not the one served; True if swapped."""
+        newest = ckpt.latest_committed(self.checkpoint_dir, verify=False)
+        if newest is None or _identity(newest) == self._seen:
+            return False
+        self._seen = _identity(newest)
+        # Only now re-hash: the newest that verifies (a corrupt one is skipped and logged).
+        verified = ckpt.latest_committed(self.checkpoint_dir, verify=True)
+        if verified is None or (self.current and _identity(verified) == self.current.identity()):
+            return False
+        started = time.perf_counter()
+        try:
+            served = load(verified, self.quantize, self.device)
+        except Exception as exc:  # a broken checkpoint must not take down a serving replica
+            logs.error("model_load_failed", path=str(verified.path), error=repr(exc))
+            if self.current is None:
+                self._seen = None  # nothing served yet: keep retrying on every poll
+            self._on_failed()
+            return False
+        previous = self.current
+        self.current = served  # the atomic swap: one reference assignment
+        seconds = time.perf_counter() - started
+        logs.event(
+            "model_loaded",
+            step=served.step,
+            path=str(served.path),
+            previous_step=previous.step if previous else None,
+            seconds=round(seconds, 3),
+            quantize=self.quantize,
+        )
+        self._on_loaded(served, seconds)
+        return True
+
+
+def _identity(checkpoint: ckpt.CommittedCheckpoint) -> tuple[str, str]:
+    return (str(checkpoint.path), checkpoint.time)
+
+
+def describe(served: ServedModel, quantize: str) -> dict[str, Any]:
+    """The `parameters` of the model metadata: which checkpoint answers."""
+    return {
+        "step": served.step,
+        "checkpoint": str(served.path),
+        "checkpoint_time": served.time,
+        "quantize": quantize,
+        "device": str(served.device),
+    }
