@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from kubetest import REPO, Cluster, Kubectl, make_kubectl, wait_for
 
 CLUSTER_SCRIPT = REPO / "hack" / "cluster" / "cluster.py"
@@ -29,15 +30,20 @@ def cluster() -> Iterator[Cluster]:
         yield Cluster(Path(reused), None)
         return
     state_dir = Path(tempfile.mkdtemp(prefix="trainforge-test-cluster-"))
-    up = subprocess.run([sys.executable, str(CLUSTER_SCRIPT), "up", "--dir", str(state_dir)],
-                        capture_output=True, text=True)
+    up = subprocess.run(
+        [sys.executable, str(CLUSTER_SCRIPT), "up", "--dir", str(state_dir)],
+        capture_output=True,
+        text=True,
+    )
     if up.returncode != 0:
         pytest.fail(f"the local control plane did not start:\n{up.stderr[-4000:]}")
     try:
         yield Cluster(state_dir / "kubeconfig", state_dir)
     finally:
-        subprocess.run([sys.executable, str(CLUSTER_SCRIPT), "down", "--dir", str(state_dir)],
-                       capture_output=True)
+        subprocess.run(
+            [sys.executable, str(CLUSTER_SCRIPT), "down", "--dir", str(state_dir)],
+            capture_output=True,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -57,8 +63,9 @@ def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]
     slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
     name = f"{slug}-{uuid.uuid4().hex[:5]}"
     kubectl("create", "namespace", name)
-    wait_for(lambda: kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
-             "the namespace's default ServiceAccount")
+    wait_for(
+        lambda: kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
+        "the namespace's default ServiceAccount",
+    )
     yield name
     kubectl("delete", "namespace", name, "--wait=false", check=False)
-

@@ -23,26 +23,39 @@ class Cluster:
 
     @property
     def bin_dir(self) -> Path:
-        out = subprocess.run(["bash", str(REPO / "hack/cluster/build.sh")], check=True,
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            ["bash", str(REPO / "hack/cluster/build.sh")],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         return Path(out.stdout.strip().splitlines()[-1])
 
 
 def make_kubectl(kubeconfig: Path) -> Kubectl:
-    def kubectl(*args: str, input: str | None = None, check: bool = True,
-                timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(["kubectl", f"--kubeconfig={kubeconfig}", *args], input=input,
-                                capture_output=True, text=True, timeout=timeout)
+    def kubectl(
+        *args: str, input: str | None = None, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            ["kubectl", f"--kubeconfig={kubeconfig}", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and result.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n"
-                                 f"{result.stderr}{result.stdout}")
+            raise AssertionError(
+                f"kubectl {' '.join(args)} failed ({result.returncode}):\n"
+                f"{result.stderr}{result.stdout}"
+            )
         return result
 
     return kubectl
 
 
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 60,
-             interval: float = 0.25) -> object:
+def wait_for(
+    condition: Callable[[], object], what: str, timeout: float = 60, interval: float = 0.25
+) -> object:
     """Poll `condition` until it returns something truthy; fail with `what` on timeout."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -85,15 +98,26 @@ class Operator:
         return self.log.read_text(errors="replace")
 
 
-def start_operator(kubeconfig: Path, log: Path, *args: str,
-                   env: dict[str, str] | None = None) -> Operator:
+def start_operator(
+    kubeconfig: Path, log: Path, *args: str, env: dict[str, str] | None = None
+) -> Operator:
     metrics_port = free_port()
     out = open(log, "ab")  # noqa: SIM115 - the child process owns it
     process = subprocess.Popen(
-        [sys.executable, "-m", "trainforge.cli", "run", "--listen-address=127.0.0.1",
-         f"--metrics-port={metrics_port}", f"--liveness-port={free_port()}",
-         "--resync-seconds=5", *args],
-        stdout=out, stderr=subprocess.STDOUT,
-        env={**os.environ, "KUBECONFIG": str(kubeconfig), **(env or {})})
+        [
+            sys.executable,
+            "-m",
+            "trainforge.cli",
+            "run",
+            "--listen-address=127.0.0.1",
+            f"--metrics-port={metrics_port}",
+            f"--liveness-port={free_port()}",
+            "--resync-seconds=5",
+            *args,
+        ],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "KUBECONFIG": str(kubeconfig), **(env or {})},
+    )
     out.close()
     return Operator(process, log, metrics_port)

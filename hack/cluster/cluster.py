@@ -108,11 +108,25 @@ def make_pki(pki: Path) -> None:
     """A CA, the apiserver's serving certificate, one client certificate per component, and the
     service-account signing key pair."""
     pki.mkdir(parents=True, exist_ok=True)
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
-            "-keyout", str(pki / "ca.key"), "-out", str(pki / "ca.crt"),
-            "-subj", "/CN=trainforge-local-ca")
-    sans = ("DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,"
-            "DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.96.0.1")
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "3650",
+        "-keyout",
+        str(pki / "ca.key"),
+        "-out",
+        str(pki / "ca.crt"),
+        "-subj",
+        "/CN=trainforge-local-ca",
+    )
+    sans = (
+        "DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,"
+        "DNS:kubernetes.default.svc.cluster.local,IP:127.0.0.1,IP:10.96.0.1"
+    )
     certs = {
         "apiserver": ("/CN=kube-apiserver", f"subjectAltName={sans}\nextendedKeyUsage=serverAuth"),
         "admin": ("/O=system:masters/CN=trainforge-admin", "extendedKeyUsage=clientAuth"),
@@ -123,30 +137,73 @@ def make_pki(pki: Path) -> None:
     }
     for name, (subject, extensions) in certs.items():
         key, csr, crt = (pki / f"{name}.{ext}" for ext in ("key", "csr", "crt"))
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr),
-                "-subj", subject)
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(csr),
+            "-subj",
+            subject,
+        )
         ext_file = pki / f"{name}.ext"
         ext_file.write_text(extensions + "\n")
-        openssl("x509", "-req", "-in", str(csr), "-CA", str(pki / "ca.crt"),
-                "-CAkey", str(pki / "ca.key"), "-CAcreateserial", "-days", "3650",
-                "-out", str(crt), "-extfile", str(ext_file))
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            str(csr),
+            "-CA",
+            str(pki / "ca.crt"),
+            "-CAkey",
+            str(pki / "ca.key"),
+            "-CAcreateserial",
+            "-days",
+            "3650",
+            "-out",
+            str(crt),
+            "-extfile",
+            str(ext_file),
+        )
     openssl("genrsa", "-out", str(pki / "sa.key"), "2048")
     openssl("rsa", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))
 
 
 def write_kubeconfig(path: Path, server: str, pki: Path, user: str) -> None:
-    path.write_text(json.dumps({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "trainforge-local", "cluster": {
-            "server": server, "certificate-authority": str(pki / "ca.crt")}}],
-        "users": [{"name": user, "user": {
-            "client-certificate": str(pki / f"{user}.crt"),
-            "client-key": str(pki / f"{user}.key")}}],
-        "contexts": [{"name": "trainforge-local",
-                      "context": {"cluster": "trainforge-local", "user": user}}],
-        "current-context": "trainforge-local",
-    }, indent=2))
+    path.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "trainforge-local",
+                        "cluster": {"server": server, "certificate-authority": str(pki / "ca.crt")},
+                    }
+                ],
+                "users": [
+                    {
+                        "name": user,
+                        "user": {
+                            "client-certificate": str(pki / f"{user}.crt"),
+                            "client-key": str(pki / f"{user}.key"),
+                        },
+                    }
+                ],
+                "contexts": [
+                    {
+                        "name": "trainforge-local",
+                        "context": {"cluster": "trainforge-local", "user": user},
+                    }
+                ],
+                "current-context": "trainforge-local",
+            },
+            indent=2,
+        )
+    )
 
 
 # --- processes --------------------------------------------------------------------------------
@@ -156,8 +213,13 @@ def start(state: State, name: str, argv: list[str]) -> int:
     logs = state.dir / "logs"
     logs.mkdir(exist_ok=True)
     with open(logs / f"{name}.log", "ab") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     return proc.pid
 
 
@@ -186,14 +248,14 @@ def stop(pid: int, binary: str, timeout: float = 15.0) -> None:
     os.kill(pid, signal.SIGKILL)
 
 
-def wait_until(what: str, check, timeout: float, state: State | None = None) -> None:  # noqa: ANN001
+def wait_until(what: str, check, timeout: float, state: State | None = None) -> None:
     deadline = time.monotonic() + timeout
     last_error = ""
     while time.monotonic() < deadline:
         try:
             if check():
                 return
-        except Exception as e:  # noqa: BLE001 - any failure means "not yet"
+        except Exception as e:
             last_error = str(e)
         time.sleep(0.2)
     hint = f"; logs in {state.dir / 'logs'}" if state else ""
@@ -241,8 +303,10 @@ def up(state: State) -> None:
     etcd = etcd_binary()
     state.dir.mkdir(parents=True, exist_ok=True)
     make_pki(state.pki)
-    ports = {name: free_port() for name in
-             ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok")}
+    ports = {
+        name: free_port()
+        for name in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok")
+    }
     shm = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else state.dir
     etcd_data = Path(tempfile.mkdtemp(prefix="trainforge-etcd-", dir=shm))
     server = f"https://127.0.0.1:{ports['apiserver']}"
@@ -254,44 +318,65 @@ def up(state: State) -> None:
         state.save(data)
 
     etcd_url = f"http://127.0.0.1:{ports['etcd']}"
-    launch("etcd", [etcd, "--name=trainforge", f"--data-dir={etcd_data}",
-                    f"--listen-client-urls={etcd_url}", f"--advertise-client-urls={etcd_url}",
-                    f"--listen-peer-urls=http://127.0.0.1:{ports['etcd-peer']}",
-                    f"--initial-advertise-peer-urls=http://127.0.0.1:{ports['etcd-peer']}",
-                    f"--initial-cluster=trainforge=http://127.0.0.1:{ports['etcd-peer']}",
-                    "--unsafe-no-fsync", "--quota-backend-bytes=4294967296"])
+    launch(
+        "etcd",
+        [
+            etcd,
+            "--name=trainforge",
+            f"--data-dir={etcd_data}",
+            f"--listen-client-urls={etcd_url}",
+            f"--advertise-client-urls={etcd_url}",
+            f"--listen-peer-urls=http://127.0.0.1:{ports['etcd-peer']}",
+            f"--initial-advertise-peer-urls=http://127.0.0.1:{ports['etcd-peer']}",
+            f"--initial-cluster=trainforge=http://127.0.0.1:{ports['etcd-peer']}",
+            "--unsafe-no-fsync",
+            "--quota-backend-bytes=4294967296",
+        ],
+    )
     wait_until("etcd", lambda: http_ok(f"{etcd_url}/health"), 30, state)
 
     pki = state.pki
     audit_policy = state.dir / "audit-policy.yaml"
     # Writes only, at metadata level: enough to count the API writes each client makes
     # (bench/) without slowing the server down with every read.
-    audit_policy.write_text(json.dumps({
-        "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
-        "rules": [
-            {"level": "Metadata", "verbs": ["create", "update", "patch", "delete"]},
-            {"level": "None"},
-        ]}))
-    launch("kube-apiserver", [
-        str(bin_dir / "kube-apiserver"),
-        f"--etcd-servers={etcd_url}",
-        "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-        f"--secure-port={ports['apiserver']}",
-        "--authorization-mode=Node,RBAC",
-        f"--client-ca-file={pki / 'ca.crt'}",
-        f"--tls-cert-file={pki / 'apiserver.crt'}",
-        f"--tls-private-key-file={pki / 'apiserver.key'}",
-        f"--service-account-key-file={pki / 'sa.pub'}",
-        f"--service-account-signing-key-file={pki / 'sa.key'}",
-        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-        f"--service-cluster-ip-range={SERVICE_CIDR}",
-        # The only apiserver endpoint is loopback, which Endpoints may not hold.
-        "--endpoint-reconciler-type=none",
-        "--allow-privileged=true",
-        f"--audit-policy-file={audit_policy}",
-        f"--audit-log-path={state.dir / 'logs' / 'audit.log'}",
-        "--audit-log-maxsize=200", "--audit-log-maxbackup=1",
-    ])
+    audit_policy.write_text(
+        json.dumps(
+            {
+                "apiVersion": "audit.k8s.io/v1",
+                "kind": "Policy",
+                "omitStages": ["RequestReceived"],
+                "rules": [
+                    {"level": "Metadata", "verbs": ["create", "update", "patch", "delete"]},
+                    {"level": "None"},
+                ],
+            }
+        )
+    )
+    launch(
+        "kube-apiserver",
+        [
+            str(bin_dir / "kube-apiserver"),
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={ports['apiserver']}",
+            "--authorization-mode=Node,RBAC",
+            f"--client-ca-file={pki / 'ca.crt'}",
+            f"--tls-cert-file={pki / 'apiserver.crt'}",
+            f"--tls-private-key-file={pki / 'apiserver.key'}",
+            f"--service-account-key-file={pki / 'sa.pub'}",
+            f"--service-account-signing-key-file={pki / 'sa.key'}",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            # The only apiserver endpoint is loopback, which Endpoints may not hold.
+            "--endpoint-reconciler-type=none",
+            "--allow-privileged=true",
+            f"--audit-policy-file={audit_policy}",
+            f"--audit-log-path={state.dir / 'logs' / 'audit.log'}",
+            "--audit-log-maxsize=200",
+            "--audit-log-maxbackup=1",
+        ],
+    )
     wait_until("kube-apiserver /readyz", lambda: https_ok(f"{server}/readyz", pki), 90, state)
 
     for user in ("admin", "controller-manager", "scheduler", "kwok"):
@@ -299,50 +384,106 @@ def up(state: State) -> None:
     shutil.copy(state.dir / "admin.kubeconfig", state.kubeconfig)
 
     kcm_config = state.dir / "controller-manager.kubeconfig"
-    launch("kube-controller-manager", [
-        str(bin_dir / "kube-controller-manager"),
-        f"--kubeconfig={kcm_config}",
-        f"--authentication-kubeconfig={kcm_config}", f"--authorization-kubeconfig={kcm_config}",
-        "--bind-address=127.0.0.1", f"--secure-port={ports['controller-manager']}",
-        "--leader-elect=false", "--use-service-account-credentials=true",
-        f"--root-ca-file={pki / 'ca.crt'}",
-        f"--service-account-private-key-file={pki / 'sa.key'}",
-        f"--cluster-signing-cert-file={pki / 'ca.crt'}",
-        f"--cluster-signing-key-file={pki / 'ca.key'}",
-        f"--service-cluster-ip-range={SERVICE_CIDR}",
-        "--kube-api-qps=200", "--kube-api-burst=400",
-    ])
+    launch(
+        "kube-controller-manager",
+        [
+            str(bin_dir / "kube-controller-manager"),
+            f"--kubeconfig={kcm_config}",
+            f"--authentication-kubeconfig={kcm_config}",
+            f"--authorization-kubeconfig={kcm_config}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={ports['controller-manager']}",
+            "--leader-elect=false",
+            "--use-service-account-credentials=true",
+            f"--root-ca-file={pki / 'ca.crt'}",
+            f"--service-account-private-key-file={pki / 'sa.key'}",
+            f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+            f"--cluster-signing-key-file={pki / 'ca.key'}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--kube-api-qps=200",
+            "--kube-api-burst=400",
+        ],
+    )
     sched_config = state.dir / "scheduler.kubeconfig"
-    launch("kube-scheduler", [
-        str(bin_dir / "kube-scheduler"),
-        f"--kubeconfig={sched_config}",
-        f"--authentication-kubeconfig={sched_config}",
-        f"--authorization-kubeconfig={sched_config}",
-        "--bind-address=127.0.0.1", f"--secure-port={ports['scheduler']}",
-        "--leader-elect=false",
-    ])
-    launch("kwok", [
-        str(bin_dir / "kwok"),
-        f"--kubeconfig={state.dir / 'kwok.kubeconfig'}",
-        f"--config={HERE / 'kwok.yaml'}",
-        f"--server-address=127.0.0.1:{ports['kwok']}",
-    ])
+    launch(
+        "kube-scheduler",
+        [
+            str(bin_dir / "kube-scheduler"),
+            f"--kubeconfig={sched_config}",
+            f"--authentication-kubeconfig={sched_config}",
+            f"--authorization-kubeconfig={sched_config}",
+            "--bind-address=127.0.0.1",
+            f"--secure-port={ports['scheduler']}",
+            "--leader-elect=false",
+        ],
+    )
+    launch(
+        "kwok",
+        [
+            str(bin_dir / "kwok"),
+            f"--kubeconfig={state.dir / 'kwok.kubeconfig'}",
+            f"--config={HERE / 'kwok.yaml'}",
+            f"--server-address=127.0.0.1:{ports['kwok']}",
+        ],
+    )
     kubectl = ["kubectl", f"--kubeconfig={state.kubeconfig}"]
-    for name, port in (("kube-controller-manager", "controller-manager"),
-                       ("kube-scheduler", "scheduler")):
+    for name, port in (
+        ("kube-controller-manager", "controller-manager"),
+        ("kube-scheduler", "scheduler"),
+    ):
         # Their serving certificates are self-signed at start, so only the status counts here.
         url = f"https://127.0.0.1:{ports[port]}/healthz"
         wait_until(f"{name} /healthz", lambda url=url: https_ok(url, None), 60, state)
     run(*kubectl, "apply", "-f", str(HERE / "crds"))
     run(*kubectl, "apply", "-f", str(HERE / "nodes.yaml"))
+    run(*kubectl, "apply", "-f", "-", input=json.dumps(storage()))
     run(*kubectl, "wait", "--for=condition=Ready", "node", "--all", "--timeout=60s")
     run(*kubectl, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
     # Pods can only be created once the namespace's default ServiceAccount exists.
-    wait_until("the default ServiceAccount",
-               lambda: subprocess.run([*kubectl, "get", "sa", "default"],
-                                      capture_output=True).returncode == 0, 60, state)
+    wait_until(
+        "the default ServiceAccount",
+        lambda: (
+            subprocess.run([*kubectl, "get", "sa", "default"], capture_output=True).returncode == 0
+        ),
+        60,
+        state,
+    )
     log(f"ready in {time.monotonic() - started:.1f}s")
     print_access(state)
+
+
+def storage(volumes: int = 64) -> dict:
+    """A default StorageClass backed by a pool of pre-made PersistentVolumes: there is no
+    provisioner here, but kube-controller-manager's real PV binder binds claims to them."""
+    items: list[dict] = [
+        {
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {
+                "name": "standard",
+                "annotations": {"storageclass.kubernetes.io/is-default-class": "true"},
+            },
+            "provisioner": "kubernetes.io/no-provisioner",
+            "volumeBindingMode": "Immediate",
+        }
+    ]
+    for i in range(volumes):
+        items.append(
+            {
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": f"pool-{i:03d}", "labels": {"type": "kwok"}},
+                "spec": {
+                    "capacity": {"storage": "10Ti"},
+                    "storageClassName": "standard",
+                    "accessModes": ["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    # Never mounted: KWOK's nodes have no kubelet.
+                    "hostPath": {"path": f"/nonexistent/trainforge-pool-{i:03d}"},
+                },
+            }
+        )
+    return {"apiVersion": "v1", "kind": "List", "items": items}
 
 
 def print_access(state: State) -> None:
@@ -376,8 +517,10 @@ def status(state: State) -> int:
         proc = data.get("processes", {}).get(name)
         running = bool(proc) and is_ours(proc["pid"], proc["binary"])
         healthy &= running
-        print(f"{name:26} {'running' if running else 'STOPPED'}"
-              f"{'  pid ' + str(proc['pid']) if proc else ''}")
+        print(
+            f"{name:26} {'running' if running else 'STOPPED'}"
+            f"{'  pid ' + str(proc['pid']) if proc else ''}"
+        )
     print(f"server: {data['server']}")
     if healthy:
         subprocess.run(["kubectl", f"--kubeconfig={state.kubeconfig}", "get", "nodes"])
@@ -386,11 +529,16 @@ def status(state: State) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=("up", "down", "status"))
-    parser.add_argument("--dir", type=Path, default=REPO / ".cluster",
-                        help="state directory (default: .cluster/ in the repo)")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        default=REPO / ".cluster",
+        help="state directory (default: .cluster/ in the repo)",
+    )
     args = parser.parse_args()
     state = State(args.dir.resolve())
     if args.command == "up":

@@ -88,6 +88,10 @@ def run_operator(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,
     )
+    if not args.verbose:
+        # kopf logs every handled watch event at INFO; with thousands of pods that drowns
+        # the operator's own messages.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     memo = kopf.Memo(settings=settings)
     kopf.run(
         clusterwide=not settings.namespaces,

@@ -75,7 +75,8 @@ def checkpoint_dir_name(step: int) -> str:
 # --- progress reporting without Kubernetes API permissions ------------------------------------
 # The trainer writes a JSON progress record to the container's termination-message file
 # (/dev/termination-log; rewritten in place as training goes, since a bind-mounted file cannot
-# be replaced by rename). The kubelet copies it into pod.status.containerStatuses[].state.terminated.message when the container exits, so the
+# be replaced by rename). The kubelet copies it into
+# pod.status.containerStatuses[].state.terminated.message when the container exits, so the
 # operator learns the final step and last committed checkpoint of every attempt from the pod
 # status it already watches. While running, rank 0 serves the same record at
 # GET http://<pod-ip>:<metrics-port>/progress.

@@ -110,7 +110,8 @@ def request(
     )
     response = api.call_api(method, url, headers, serialized, _request_timeout=30)
     response.read()
-    data = response.data.decode() if isinstance(response.data, bytes) else response.data
+    raw = response.data or b""
+    data: str = raw.decode() if isinstance(raw, bytes) else str(raw)
     if not 200 <= response.status < 300:
         try:
             status = json.loads(data)

@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from trainforge.api import InvalidSpec, parse_training_job
+from trainforge.api import InvalidSpec, parse_training_job, parse_training_job_spec
+from trainforge.render.trainingjob import JobRef, RenderSettings, desired_children
 
 pytestmark = pytest.mark.cluster
 
@@ -32,7 +33,9 @@ def manifest(name: str = "job", **spec: Any) -> dict[str, Any]:
     }
 
 
-def apply(kubectl: Kubectl, namespace: str, obj: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+def apply(
+    kubectl: Kubectl, namespace: str, obj: dict[str, Any]
+) -> subprocess.CompletedProcess[str]:
     return kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(obj), check=False)
 
 
@@ -148,7 +151,9 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
     ),
     (
         "too-many-tolerations",
-        manifest(scheduling={"tolerations": [{"key": f"k{i}", "operator": "Exists"} for i in range(33)]}),
+        manifest(
+            scheduling={"tolerations": [{"key": f"k{i}", "operator": "Exists"} for i in range(33)]}
+        ),
         ["spec.scheduling.tolerations", "must have at most 32 items"],
     ),
     (
@@ -180,7 +185,9 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
 ]
 
 
-@pytest.mark.parametrize(("obj", "fragments"), [case[1:] for case in INVALID], ids=[case[0] for case in INVALID])
+@pytest.mark.parametrize(
+    ("obj", "fragments"), [case[1:] for case in INVALID], ids=[case[0] for case in INVALID]
+)
 def test_invalid_manifest_is_rejected_naming_the_field(
     kubectl: Kubectl, namespace: str, obj: dict[str, Any], fragments: list[str]
 ) -> None:
@@ -209,7 +216,10 @@ VALID = [
             network={"rdma": {"networks": [{"name": "rail-0", "interface": "net1"}]}},
             checkpoint={"claimName": "ckpt", "everySteps": 100},
             scheduling={"gang": {"policy": "Kueue"}, "queueName": "team-a", "spreadWorkers": True},
-            podTemplate={"metadata": {"labels": {"team": "a"}}, "spec": {"serviceAccountName": "x"}},
+            podTemplate={
+                "metadata": {"labels": {"team": "a"}},
+                "spec": {"serviceAccountName": "x"},
+            },
         ),
     ),
 ]
@@ -221,8 +231,12 @@ def test_valid_manifest_is_accepted(kubectl: Kubectl, namespace: str, obj: dict[
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "examples").glob("trainingjob-*.yaml")), ids=lambda p: p.name)
-def test_examples_are_accepted_and_stored_specs_parse(kubectl: Kubectl, namespace: str, path: Path) -> None:
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "examples").glob("trainingjob-*.yaml")), ids=lambda p: p.name
+)
+def test_examples_are_accepted_and_stored_specs_parse(
+    kubectl: Kubectl, namespace: str, path: Path
+) -> None:
     assert apply(kubectl, namespace, yaml.safe_load(path.read_text())).returncode == 0
     stored = yaml.safe_load(kubectl("get", "trainingjobs", "-n", namespace, "-o", "yaml").stdout)
     for item in stored["items"]:
@@ -269,7 +283,9 @@ LOCKED_CHANGES = [
 ]
 
 
-@pytest.mark.parametrize(("field", "path", "value"), LOCKED_CHANGES, ids=[c[0] for c in LOCKED_CHANGES])
+@pytest.mark.parametrize(
+    ("field", "path", "value"), LOCKED_CHANGES, ids=[c[0] for c in LOCKED_CHANGES]
+)
 def test_gang_shape_is_immutable_while_running(
     kubectl: Kubectl, namespace: str, field: str, path: list[str], value: Any
 ) -> None:
@@ -298,3 +314,50 @@ def test_other_fields_stay_mutable_while_running(kubectl: Kubectl, namespace: st
     for path, value in ((["spec", "suspend"], True), (["spec", "ttlSecondsAfterFinished"], 60)):
         result = apply(kubectl, namespace, _changed(path, value))
         assert result.returncode == 0, result.stderr
+
+
+RENDERED_SPECS = [
+    ("cpu", {"workers": 2, "checkpoint": {"volumeClaimTemplate": {"size": "1Gi"}}}),
+    (
+        "gpu-rdma",
+        {
+            "workers": 2,
+            "resources": {"gpusPerWorker": 8, "requests": {"cpu": 8}, "sharedMemory": "8Gi"},
+            "network": {
+                "rdma": {
+                    "networks": [{"name": "rail-0", "interface": "net1"}],
+                    "resources": {"rdma/rail0": 1},
+                    "nccl": {"ibHCA": "mlx5_0", "debug": "INFO"},
+                }
+            },
+            "scheduling": {"spreadWorkers": True, "gang": {"policy": "Kueue"}, "queueName": "q"},
+        },
+    ),
+    (
+        "pod-template",
+        {
+            "command": ["python", "-c", "print(1)"],
+            "podTemplate": {
+                "metadata": {"annotations": {"a": "b"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 120,
+                    "containers": [{"name": "trainer", "imagePullPolicy": "Always"}],
+                },
+            },
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize("spec", [c[1] for c in RENDERED_SPECS], ids=[c[0] for c in RENDERED_SPECS])
+def test_rendered_children_are_valid_kubernetes_objects(
+    kubectl: Kubectl, namespace: str, spec: dict[str, Any]
+) -> None:
+    """A server-side dry run of every core child (PodGroups need Volcano or scheduler-plugins)."""
+    job = JobRef(name="job", namespace=namespace, uid="00000000-0000-0000-0000-000000000001")
+    children = desired_children(job, parse_training_job_spec(spec), 0, RenderSettings())
+    core = [child for child in children.in_creation_order() if child["kind"] != "PodGroup"]
+    result = kubectl(
+        "apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(core), check=False
+    )
+    assert result.returncode == 0, result.stderr

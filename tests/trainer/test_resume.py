@@ -16,39 +16,45 @@ from trainer_harness import Launcher, committed_steps, flat_tensors, load_checkp
 from trainforge import contract
 
 
-def _config(strategy: str, async_save: bool, workers: int) -> dict[str, Any]:
+def _config(strategy: str, async_save: bool, workers: int, samples: int) -> dict[str, Any]:
     return {
         "recipe": "mlp",
         "strategy": strategy,
-        "maxSteps": 240,
+        "maxSteps": 60,
         "batchSize": 8,
         "gradAccumSteps": 2,
         "lr": 0.01,
-        "warmupSteps": 20,
+        "warmupSteps": 10,
         "seed": 3,
-        "evalEverySteps": 50,
+        "evalEverySteps": 25,
         "logEverySteps": 5,
         # Dropout makes the result depend on the RNG state; a small dataset crosses many
         # epochs, so the data position and the per-epoch shuffle both matter.
         "model": {"inputDim": 16, "hiddenDim": 32, "layers": 2, "numClasses": 4, "dropout": 0.2},
-        "data": {"samples": 256, "numWorkers": workers},
-        "checkpoint": {"everySteps": 40, "keepLast": 2, "async": async_save},
+        "data": {"samples": samples, "numWorkers": workers},
+        "checkpoint": {"everySteps": 20, "keepLast": 2, "async": async_save},
     }
 
 
 @pytest.mark.parametrize(
-    ("strategy", "async_save", "workers"),
-    [("ddp", True, 0), ("fsdp", False, 1)],
-    ids=["ddp-async", "fsdp-sync-workers"],
+    ("strategy", "async_save", "workers", "samples"),
+    # DataLoader workers prefetch ahead of the step: the saved position must not include that.
+    [("ddp", True, 1, 512), ("fsdp", False, 0, 128)],
+    ids=["ddp-async-workers", "fsdp-sync"],
 )
 def test_resume_after_sigterm_is_bitwise_identical(
-    trainers: Launcher, tmp_path: Path, strategy: str, async_save: bool, workers: int
+    trainers: Launcher,
+    tmp_path: Path,
+    strategy: str,
+    async_save: bool,
+    workers: int,
+    samples: int,
 ) -> None:
-    cfg = _config(strategy, async_save, workers)
+    cfg = _config(strategy, async_save, workers, samples)
     straight = trainers.launch(cfg, tmp_path / "straight", nprocs=2)
 
     stopped = trainers.launch(cfg, tmp_path / "stopped", nprocs=2)
-    stopped.wait_event("progress", where=lambda e: e["step"] >= 10)
+    stopped.wait_event("progress", where=lambda e: e["step"] >= 5)
     stopped.signal(signal.SIGTERM)
     assert stopped.wait(120) == [contract.EXIT_PREEMPTED] * 2, stopped.log_text()
     stop_step = stopped.wait_event("preempted")["step"]

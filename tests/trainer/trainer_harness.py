@@ -148,7 +148,7 @@ def launch(
             **(extra_env or {}),
         }
         log = run_dir / f"rank-{rank}.log"
-        p = _CTX.Process(target=_child, args=(argv or ["train"], env, str(log)), daemon=True)
+        p = _CTX.Process(target=_child, args=(argv or ["train"], env, str(log)))
         p.start()
         procs.append(p)
         logs.append(log)

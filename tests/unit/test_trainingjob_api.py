@@ -218,6 +218,7 @@ def test_status_serializes_in_camel_case_without_unset_fields() -> None:
             "ready": 2,
         },
         "restarts": 1,
+        "restartAttempt": 0,
         "progress": {"step": 10, "totalSteps": 100, "samplesPerSecond": 12.5},
     }
 

@@ -52,6 +52,9 @@ app.kubernetes.io/part-of: trainforge
 
 {{/* The watched namespaces as a JSON list (empty with scope all). */}}
 {{- define "trainforge.watchedNamespaces" -}}
+{{- if and .Values.watch.namespaces (ne .Values.watch.scope "list") -}}
+{{- fail (printf "watch.namespaces is set but watch.scope is %q: set watch.scope=list to watch only those namespaces, or remove watch.namespaces" .Values.watch.scope) -}}
+{{- end -}}
 {{- if eq .Values.watch.scope "release" -}}
 {{- list .Release.Namespace | toJson -}}
 {{- else if eq .Values.watch.scope "list" -}}

@@ -129,7 +129,11 @@ def cel(
     message_expression: str | None = None,
     field_path: str | None = None,
 ) -> dict[str, str]:
-    """One `x-kubernetes-validations` entry; keep the same rule in the model's Python check."""
+    """One `x-kubernetes-validations` entry; keep the same rule in the model's Python check.
+
+    Give a static `message` with every `message_expression`: the server falls back to it when
+    the expression fails, and the API reference shows it.
+    """
     entry = {"rule": rule}
     if message is not None:
         entry["message"] = message
@@ -154,13 +158,14 @@ class InvalidSpec(ValueError):
 
 
 def describe_errors(error: ValidationError, root: str) -> list[str]:
-    """One line per problem, `<root>.<field path>: <what is wrong> (got <value>)`."""
+    """One line per problem, `<root>.<field path>: <what is wrong> (got <value>)`; `root` is
+    the path of the validated object in the manifest ("spec", or "" for a whole manifest)."""
     lines = []
     for item in error.errors(include_url=False):
-        path = root + "".join(
-            f"[{part}]" if isinstance(part, int) else f".{part}" for part in item["loc"]
-        )
-        lines.append(f"{path}: {_explain(item)}")
+        path = root
+        for part in item["loc"]:
+            path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+        lines.append(f"{path}: {_explain(item)}" if path else _explain(item))
     return lines
 
 

@@ -2,8 +2,8 @@
 
 Every cross-field rule exists twice, side by side: as a CEL rule in `json_schema_extra` (the
 API server enforces it) and as a Python validator (the operator and `trainforge local run`
-enforce it on manifests that never met a server). Keep the two in step; the unit tests and
-the cluster validation tests use the same invalid manifests against both.
+enforce it on manifests that never met a server). Keep the two in step: the cluster
+validation tests send every invalid manifest to both.
 """
 
 from __future__ import annotations
@@ -98,6 +98,9 @@ class EnvVar(ApiModel):
             cel(
                 f"!(self.name in {_cel_list(OPERATOR_ENV_NAMES)})"
                 + "".join(f" && !self.name.startsWith('{p}')" for p in OPERATOR_ENV_PREFIXES),
+                "env names MASTER_*, WORLD_SIZE, RANK, LOCAL_RANK, NNODES, NODE_RANK, "
+                "NPROC_PER_NODE, PET_* and TRAINFORGE_* are set by trainforge; remove the "
+                "variable or use another name",
                 message_expression=(
                     "'env ' + self.name + ' is set by trainforge for every worker "
                     "(MASTER_*, WORLD_SIZE, RANK, LOCAL_RANK, NNODES, NODE_RANK, "
@@ -143,6 +146,8 @@ class Resources(ApiModel):
             cel(
                 "(!has(self.requests) || !(self.gpuResource in self.requests))"
                 " && (!has(self.limits) || !(self.gpuResource in self.limits))",
+                "do not list the GPU resource in requests or limits; set "
+                "resources.gpusPerWorker instead",
                 message_expression=(
                     "'do not list ' + self.gpuResource + ' in requests or limits; "
                     "set resources.gpusPerWorker instead'"
@@ -516,6 +521,8 @@ def _locked_rule(field: str) -> dict[str, str]:
     )
     return cel(
         f"{unlocked} || {same}",
+        f"spec.{field} cannot change while the job is {', '.join(LOCKED_PHASES)}; suspend it "
+        "first (spec.suspend: true) or create a new TrainingJob",
         message_expression=(
             f"'spec.{field} cannot change while the job is ' + oldSelf.status.phase + "
             "'; suspend it first (spec.suspend: true) or create a new TrainingJob'"
@@ -662,8 +669,12 @@ class TrainingJobStatus(ApiModel):
     """Worker pods by state."""
     restarts: int = Field(default=0, ge=0, le=1_000_000)
     """Gang restarts so far (disruptions excluded)."""
+    restart_attempt: int = Field(default=0, ge=0, le=1_000_000)
+    """The current gang's attempt number: every gang restart, counted or not, increments it.
+    Worker pods carry it in the trainforge.io/restart-attempt label."""
     start_time: str | None = Field(default=None, max_length=64)
-    """RFC 3339 time the job first had all workers running."""
+    """RFC 3339 time the operator started the job (reset when it resumes from suspend);
+    activeDeadlineSeconds counts from here."""
     completion_time: str | None = Field(default=None, max_length=64)
     """RFC 3339 time the job Succeeded or Failed."""
     checkpoint: CheckpointStatus | None = None
@@ -706,7 +717,7 @@ ROOT_RULES = [
 class ObjectMeta(BaseModel):
     """The parts of metav1.ObjectMeta trainforge reads; the server owns the rest."""
 
-    model_config = ConfigDict(alias_generator=None, extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True)
 
     name: str = Field(max_length=253)
     namespace: str = "default"

