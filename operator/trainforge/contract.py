@@ -105,6 +105,8 @@ ENV_SERVE_MAX_REQUEST_BYTES = "TRAINFORGE_SERVE_MAX_REQUEST_BYTES"
 # After SIGTERM the server keeps answering this long with readiness failing, so endpoints
 # drop the pod before it stops listening; keep it below terminationGracePeriodSeconds.
 ENV_SERVE_DRAIN_SECONDS = "TRAINFORGE_SERVE_DRAIN_SECONDS"
+# torch intra-op threads on CPU (0: torch's default, one per core).
+ENV_SERVE_TORCH_THREADS = "TRAINFORGE_SERVE_TORCH_THREADS"
 
 SERVE_DEFAULT_PORT = 8080
 SERVE_PORT_NAME = "http"

@@ -17,6 +17,8 @@ import kopf
 from prometheus_client import start_http_server
 
 from trainforge import contract, kube
+from trainforge.reconcile.inferenceservice import ChildView, child_view
+from trainforge.reconcile.inferenceservice_runner import InferenceServiceRunner
 from trainforge.reconcile.runner import Key, TrainingJobRunner
 from trainforge.reconcile.trainingjob import PodView, pod_view
 from trainforge.settings import Settings
@@ -66,12 +68,110 @@ async def trainingjob_pod_changed(
     memo.trainingjob_queue.add((namespace, labels[contract.LABEL_JOB_NAME]))
 
 
+# --- InferenceServices --------------------------------------------------------------------
+
+INFERENCE_LABELS = {
+    contract.LABEL_MANAGED_BY: contract.MANAGED_BY,
+    contract.LABEL_INFERENCE_SERVICE: kopf.PRESENT,
+}
+# Every child kind of an InferenceService as (group, version, plural).
+INFERENCE_CHILDREN = (
+    ("apps", "v1", "deployments"),
+    ("", "v1", "services"),
+    ("autoscaling", "v2", "horizontalpodautoscalers"),
+    ("policy", "v1", "poddisruptionbudgets"),
+)
+
+
+@kopf.index(contract.GROUP, contract.VERSION, "inferenceservices")
+def inferenceservices(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+    return {(namespace, name): dict(body)}
+
+
+@kopf.index(contract.GROUP, contract.VERSION, "inferenceservices")
+def inferenceservices_by_job(
+    namespace: str, name: str, spec: kopf.Spec, **_: Any
+) -> dict[Key, str]:
+    """(namespace, TrainingJob name) -> the InferenceServices serving its checkpoints."""
+    job = spec.get("model", {}).get("fromTrainingJob")
+    # An empty mapping (not None, which kopf ignores) drops the entry of a changed reference.
+    return {(namespace, job): name} if job else {}
+
+
+def _inference_child(namespace: str, labels: kopf.Labels, body: kopf.Body) -> dict[Key, ChildView]:
+    return {(namespace, labels[contract.LABEL_INFERENCE_SERVICE]): child_view(dict(body))}
+
+
+@kopf.index(*INFERENCE_CHILDREN[0], labels=INFERENCE_LABELS)
+def inference_deployments(
+    namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, ChildView]:
+    return _inference_child(namespace, labels, body)
+
+
+@kopf.index(*INFERENCE_CHILDREN[1], labels=INFERENCE_LABELS)
+def inference_services(
+    namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, ChildView]:
+    return _inference_child(namespace, labels, body)
+
+
+@kopf.index(*INFERENCE_CHILDREN[2], labels=INFERENCE_LABELS)
+def inference_autoscalers(
+    namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, ChildView]:
+    return _inference_child(namespace, labels, body)
+
+
+@kopf.index(*INFERENCE_CHILDREN[3], labels=INFERENCE_LABELS)
+def inference_disruption_budgets(
+    namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, ChildView]:
+    return _inference_child(namespace, labels, body)
+
+
+@kopf.on.event(contract.GROUP, contract.VERSION, "inferenceservices")
+async def inferenceservice_changed(
+    type: str, namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any
+) -> None:
+    if type == "DELETED":
+        memo.inference_runner.forget(uid)
+    memo.inference_queue.add((namespace, name))
+
+
+for _group, _version, _plural in INFERENCE_CHILDREN:
+
+    @kopf.on.event(_group, _version, _plural, labels=INFERENCE_LABELS, id=f"{_plural}-changed")
+    async def inference_child_changed(
+        namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+    ) -> None:
+        memo.inference_queue.add((namespace, labels[contract.LABEL_INFERENCE_SERVICE]))
+
+
+@kopf.on.event(contract.GROUP, contract.VERSION, "trainingjobs")
+async def trainingjob_changed_for_inference(
+    namespace: str,
+    name: str,
+    memo: kopf.Memo,
+    inferenceservices_by_job: kopf.Index[Key, str],
+    **_: Any,
+) -> None:
+    """A job's status.checkpoint (or its existence) decides what its InferenceServices serve."""
+    for service in inferenceservices_by_job.get((namespace, name), []):
+        pass
+
+
 @kopf.on.startup()
 async def start(
     settings: kopf.OperatorSettings,
     memo: kopf.Memo,
     trainingjobs: kopf.Index[Key, Any],
     trainingjob_pods: kopf.Index[Key, tuple[str, PodView]],
+    inferenceservices: kopf.Index[Key, Any],
+    inference_deployments: kopf.Index[Key, ChildView],
+    inference_services: kopf.Index[Key, ChildView],
+    inference_autoscalers: kopf.Index[Key, ChildView],
+    inference_disruption_budgets: kopf.Index[Key, ChildView],
     **_: Any,
 ) -> None:
     config: Settings = memo.settings
@@ -97,6 +197,29 @@ async def start(
         resync(memo.trainingjob_queue, trainingjobs, config.resync_seconds)
     )
 
+    child_indexes = (
+        inference_deployments,
+        inference_services,
+        inference_autoscalers,
+        inference_disruption_budgets,
+    )
+    inference_runner = InferenceServiceRunner(
+        services=lambda key: next(iter(inferenceservices.get(key, [])), None),
+        jobs=lambda key: next(iter(trainingjobs.get(key, [])), None),
+        children=lambda key: [child for index in child_indexes for child in index.get(key, [])],
+        settings=config.render,
+    )
+
+    async def reconcile_inference(key: Any) -> float | None:
+        return await loop.run_in_executor(executor, inference_runner.reconcile, key)
+
+    memo.inference_runner = inference_runner
+    memo.inference_queue = WorkQueue(reconcile_inference, config.workers, "inferenceservices")
+    memo.inference_queue.start()
+    memo.inference_resync = asyncio.create_task(
+        resync(memo.inference_queue, inferenceservices, config.resync_seconds)
+    )
+
 
 async def resync(queue: WorkQueue, index: kopf.Index[Key, Any], every: float) -> None:
     """Reconcile every known job now and then: repairs drift no event announced."""
@@ -111,6 +234,9 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     if "resync" in memo:
         memo.resync.cancel()
         await memo.trainingjob_queue.stop()
+    if "inference_resync" in memo:
+        memo.inference_resync.cancel()
+        await memo.inference_queue.stop()
 
 
 def configure_kopf(settings: kopf.OperatorSettings, config: Settings) -> None:

@@ -184,6 +184,23 @@ def patch(ref: Ref, body: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def apply(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Server-side apply `manifest` (create or update) as the field manager "trainforge".
+
+    For mutable children: fields the operator stops rendering are removed, fields others set
+    (a Service's clusterIP, a Deployment's revision annotation) are kept. `force` takes over
+    fields someone else changed by hand: the rendered manifest is the desired state.
+    """
+    meta = manifest["metadata"]
+    return request(
+        "PATCH",
+        path(manifest["apiVersion"], manifest["kind"], meta.get("namespace", ""), meta["name"]),
+        manifest,
+        content_type="application/apply-patch+yaml",
+        query=[("fieldManager", contract.MANAGED_BY), ("force", "true")],
+    )
+
+
 def list_objects(
     api_version: str, kind: str, namespace: str, label_selector: str = ""
 ) -> list[dict[str, Any]]:

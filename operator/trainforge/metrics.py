@@ -33,13 +33,14 @@ TIME_TO_RUNNING = Histogram(
 
 
 class PhaseGauge(Collector):
-    """trainforge_trainingjobs{namespace, phase}: jobs the operator knows, by phase.
+    """trainforge_trainingjobs{namespace, phase}: jobs the operator knows, by phase (or
+    another state label).
 
-    Computed at scrape time from the phase each job last had, so a deleted job disappears
-    from the series instead of leaving a stale gauge behind."""
+    Computed at scrape time from the state each object last had, so a deleted object
+    disappears from the series instead of leaving a stale gauge behind."""
 
-    def __init__(self, name: str, documentation: str) -> None:
-        self._name, self._documentation = name, documentation
+    def __init__(self, name: str, documentation: str, label: str = "phase") -> None:
+        self._name, self._documentation, self._label = name, documentation, label
         self._phases: dict[str, tuple[str, str]] = {}
         self._lock = threading.Lock()
 
@@ -54,7 +55,9 @@ class PhaseGauge(Collector):
     def collect(self) -> Iterator[GaugeMetricFamily]:
         with self._lock:
             tally = Tally(self._phases.values())
-        family = GaugeMetricFamily(self._name, self._documentation, labels=["namespace", "phase"])
+        family = GaugeMetricFamily(
+            self._name, self._documentation, labels=["namespace", self._label]
+        )
         for (namespace, phase), count in sorted(tally.items()):
             family.add_metric([namespace, phase], count)
         yield family
@@ -62,3 +65,10 @@ class PhaseGauge(Collector):
 
 TRAININGJOBS = PhaseGauge("trainforge_trainingjobs", "TrainingJobs by namespace and phase.")
 REGISTRY.register(TRAININGJOBS)
+
+INFERENCESERVICES = PhaseGauge(
+    "trainforge_inferenceservices",
+    "InferenceServices by namespace and whether their Ready condition is true.",
+    label="ready",
+)
+REGISTRY.register(INFERENCESERVICES)

@@ -95,8 +95,8 @@ class Call:
     query: str
     status: int
 
-    def permission(self) -> Permission | None:
-        """The RBAC permission this request needs; None for discovery and other non-resource
+    def permissions(self) -> set[Permission]:
+        """The RBAC permissions this request needs; none for discovery and other non-resource
         paths (allowed to every authenticated user)."""
         parts = [p for p in self.path.split("/") if p]
         if parts[:2] == ["api", "v1"]:
@@ -104,12 +104,13 @@ class Call:
         elif parts[:1] == ["apis"] and len(parts) >= 3:
             group, rest = parts[1], parts[3:]
         else:
-            return None
+            return set()
         if not rest:
-            return None
+            return set()
         if rest[0] == "namespaces" and len(rest) >= 3:
             rest = rest[2:]
         resource, name, sub = (rest + ["", ""])[:3]
+        resource = f"{resource}/{sub}" if sub else resource
         query = parse_qs(self.query)
         verb = {
             "GET": "get" if name else ("watch" if query.get("watch") in (["true"], ["1"])
@@ -119,7 +120,11 @@ class Call:
             "PATCH": "patch",
             "DELETE": "delete" if name else "deletecollection",
         }[self.method]
-        return Permission(group, f"{resource}/{sub}" if sub else resource, verb)
+        needed = {Permission(group, resource, verb)}
+        if self.method == "PATCH" and self.status == 201:
+            # A server-side apply that created the object: the API server also checks create.
+            needed.add(Permission(group, resource, "create"))
+        return needed
 
 
 class RecordingProxy:

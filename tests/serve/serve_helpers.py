@@ -8,6 +8,7 @@ import os
 import shutil
 import socket
 import time
+import warnings
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -57,7 +58,9 @@ def commit(step_dir: Path, root: Path) -> Path:
 
 def reference_logits(step_dir: Path, x: np.ndarray) -> np.ndarray:
     """The checkpoint's model run directly, one request at a time (no server, no batching)."""
-    model = ckpt.load_model_for_inference(ckpt.read_checkpoint(step_dir))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        model = ckpt.load_model_for_inference(ckpt.read_checkpoint(step_dir))
     with torch.inference_mode():
         return np.asarray(model(torch.from_numpy(x)).numpy())
 

@@ -55,6 +55,7 @@ def test_nested_row_major_data_is_accepted_like_flattened_data() -> None:
         (body(data=[None, 1]), "inputs[0].data: FP32 data must be numbers"),
         (body(data=[[1], [2, 3]]), "inputs[0].data: shape [1, 2] needs 2 values, got 3"),
         (body(data=1.0), "inputs[0].data: must be a list"),
+        (body(data=[1, [2]]), "inputs[0].data: must be numbers"),
         (body(parameters={"binary_data_size": 8}), "binary tensor data is not supported"),
         ({"id": 7, **body()}, "id: must be a string"),
         ({**body(), "outputs": [{"name": "probs"}]}, "outputs[0].name: unknown output 'probs'"),

@@ -143,9 +143,7 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 60) -
     raise AssertionError("the server did not become ready")
 
 
-def test_sigterm_finishes_in_flight_requests_then_exits_zero(
-    trained: Path, tmp_path: Path
-) -> None:
+def test_sigterm_finishes_in_flight_requests_then_exits_zero(trained: Path, tmp_path: Path) -> None:
     step4 = commit(trained / "step-00000004", tmp_path)
     port = free_port()
     env = os.environ | {

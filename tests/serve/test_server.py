@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from serve_helpers import (
     INPUT_DIM,
     NUM_CLASSES,
@@ -18,10 +19,14 @@ from serve_helpers import (
 )
 
 from trainforge_trainer import checkpoint as ckpt
-from trainforge_trainer.serve.model_store import quantize_int8
+from trainforge_trainer.serve.model_store import load, quantize_int8
 
 pytestmark = pytest.mark.timeout(120)
 INFER = "/v2/models/mlp/infer"
+
+
+def requests_total(code: int) -> str:
+    return f'trainforge_serve_requests_total{{code="{code}",route="/v2/models/{{name}}/infer"}}'
 
 
 def test_every_endpoint_answers_per_the_open_inference_protocol(
@@ -69,8 +74,7 @@ def test_every_endpoint_answers_per_the_open_inference_protocol(
             status, err = await s.get("/v2/models/mlp/versions/3")
             assert status == 404 and "unknown version '3'" in err["error"]
             assert await s.metric("trainforge_serve_model_step") == 4
-            ok_infer = 'trainforge_serve_requests_total{code="200",route="/v2/models/{name}/infer"}'
-            assert await s.metric(ok_infer) == 1
+            assert await s.metric(requests_total(200)) == 1
             assert await s.metric("trainforge_serve_batch_size_count") >= 2
             assert await s.metric("trainforge_serve_request_duration_seconds_count") == 2
             assert await s.metric("trainforge_serve_queue_duration_seconds_count") == 2
@@ -108,7 +112,9 @@ def test_every_bad_request_class_is_a_4xx_json_error_never_a_500(
                 assert want_text in body["error"], (body, want_text)
             # The server is unharmed.
             assert (await s.post(INFER, json=good))[0] == 200
-            too_large = 'trainforge_serve_requests_total{code="413",route="/v2/models/{name}/infer"}'
+            too_large = (
+                'trainforge_serve_requests_total{code="413",route="/v2/models/{name}/infer"}'
+            )
             assert await s.metric(too_large) == 1
 
     asyncio.run(scenario())
@@ -138,9 +144,7 @@ def test_not_ready_until_a_committed_checkpoint_is_loaded(trained: Path, tmp_pat
 def test_batched_results_equal_unbatched_ones(trained: Path, tmp_path: Path) -> None:
     step4 = commit(trained / "step-00000004", tmp_path)
     rng = np.random.default_rng(1)
-    inputs = [
-        rng.standard_normal((1 + i % 3, INPUT_DIM)).astype(np.float32) for i in range(24)
-    ]
+    inputs = [rng.standard_normal((1 + i % 3, INPUT_DIM)).astype(np.float32) for i in range(24)]
     expected = [reference_logits(step4, x) for x in inputs]
 
     async def scenario() -> None:
@@ -167,7 +171,7 @@ def test_int8_quantized_outputs_are_close_to_fp32(trained: Path, tmp_path: Path)
     x = np.random.default_rng(2).standard_normal((64, INPUT_DIM)).astype(np.float32)
     fp32 = reference_logits(step4, x)
     # The quantized model really is different (int8 Linear layers), yet close.
-    quantized = quantize_int8(ckpt.load_model_for_inference(ckpt.read_checkpoint(step4)))
+    quantized = quantize_int8(load(ckpt.read_checkpoint(step4), "none", torch.device("cpu")).module)
     assert "DynamicQuantizedLinear" in repr(quantized)
 
     async def scenario() -> None:

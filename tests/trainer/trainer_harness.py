@@ -27,7 +27,10 @@ from trainforge import contract
 
 _CTX = multiprocessing.get_context("forkserver")
 # Not "__main__" (pytest's): only what a trainer needs.
-_CTX.set_forkserver_preload(["torch", "trainforge_trainer.loop", "trainer_harness"])
+_CTX.set_forkserver_preload(
+    # torch._dynamo: imported lazily by the first optimizer, 2+ s on a busy machine.
+    ["torch", "torch._dynamo", "trainforge_trainer.loop", "trainer_harness"]
+)
 
 
 def free_port() -> int:
@@ -44,6 +47,9 @@ def _child(argv: list[str], env: dict[str, str], log: str) -> None:
     os.dup2(fd, 2)
     # Two processes share two busy cores: intra-op threads would only fight each other.
     torch.set_num_threads(1)
+    # A forkserver child inherits "forkserver" as its start method; `python -m` on Linux
+    # starts with "fork", which is what DataLoader workers of a real trainer use.
+    multiprocessing.set_start_method("fork", force=True)
     from trainforge_trainer.__main__ import main
 
     try:
@@ -193,8 +199,15 @@ class Launcher:
         *,
         nprocs: int = 1,
         extra_env: Mapping[str, str] | None = None,
+        argv: list[str] | None = None,
     ) -> Job:
-        job = launch(config, ckpt_dir or self.root / "ckpt", nprocs=nprocs, extra_env=extra_env)
+        job = launch(
+            config,
+            ckpt_dir or self.root / "ckpt",
+            nprocs=nprocs,
+            extra_env=extra_env,
+            argv=argv,
+        )
         self.jobs.append(job)
         return job
 

@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import time
+import warnings
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -163,7 +164,10 @@ def load_model_weights(
 ) -> None:
     """Fill `model_state` (a model state dict, possibly sharded) from the checkpoint."""
     state = {"model": model_state}
-    dcp.load(state, checkpoint_id=checkpoint.path, process_group=group, no_dist=group is None)
+    with warnings.catch_warnings():
+        # DCP warns about loading without a process group even when that is asked for.
+        warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
+        dcp.load(state, checkpoint_id=checkpoint.path, process_group=group, no_dist=group is None)
 
 
 def load_model_for_inference(checkpoint: CommittedCheckpoint) -> nn.Module:

@@ -62,11 +62,20 @@ def setup(env: Mapping[str, str]) -> DistEnv:
     if use_cuda:
         torch.cuda.set_device(device)
     backend = "cpu:gloo,cuda:nccl" if use_cuda else "gloo"
-    if launched:
-        dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size)
-    else:
-        # A process group of one keeps every code path (DCP, FSDP) the same as in a job.
-        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+    # Already initialised when embedded in a program with its own group (the benchmark runs
+    # several trainers in one process).
+    if not dist.is_initialized():
+        if launched:
+            # What env:// would read, but from `env` (the caller's mapping, not os.environ).
+            addr = env[contract.ENV_MASTER_ADDR]
+            host = f"[{addr}]" if ":" in addr else addr
+            port = env.get(contract.ENV_MASTER_PORT, str(contract.DEFAULT_MASTER_PORT))
+            dist.init_process_group(
+                backend, init_method=f"tcp://{host}:{port}", rank=rank, world_size=world_size
+            )
+        else:
+            # A group of one keeps every code path (DCP, FSDP) the same as in a job.
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     control = dist.new_group(backend="gloo")
     checkpoint = dist.new_group(backend="gloo")
     assert isinstance(control, dist.ProcessGroup) and isinstance(checkpoint, dist.ProcessGroup)

@@ -19,7 +19,7 @@ import pickle
 import random
 import signal
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -143,6 +143,7 @@ class Trainer:
             pin_memory=on_gpu,
         )
         self.step = 0
+        self._val_step: int | None = None
         self.samples_per_step = cfg.batchSize * cfg.gradAccumSteps * self.dist.world_size
 
         # Telemetry: metrics and /progress on rank 0; the termination message on every pod.
@@ -374,6 +375,8 @@ class Trainer:
             if self.recipe.metric == "accuracy":
                 sums[2] += (out.argmax(dim=-1) == targets).sum()
         self.model.train()
+        if split == "val":
+            self._val_step = self.step
         if self.dist.world_size > 1:
             dist.all_reduce(sums)
         loss_sum, count, correct = sums.tolist()
@@ -395,17 +398,10 @@ class Trainer:
                 )
         return result
 
-    def _steps(self) -> Iterator[tuple[torch.Tensor, float, float]]:
-        while self.step < self.cfg.maxSteps:
-            started = time.perf_counter()
-            loss, waited = self._train_step()
-            self.step += 1
-            yield loss, waited, time.perf_counter() - started
-
     # --- the run --------------------------------------------------------------------------
 
-    def run(self) -> int:
-        """Train to maxSteps (exit 0) or until SIGTERM (checkpoint, EXIT_PREEMPTED)."""
+    def start(self) -> None:
+        """Resume (or initialise from initFrom) before the first step."""
         cfg = self.cfg
         self.checkpointer.clean_stale()
         found = self.checkpointer.find_resume()
@@ -414,6 +410,8 @@ class Trainer:
         elif cfg.initFrom:
             self._init_from(cfg.initFrom)
         self.model.train()
+        self._interval_loss = torch.zeros((), device=self.device)
+        self._interval_steps, self._interval_start = 0, time.perf_counter()
         logs.event(
             "training_started",
             step=self.step,
@@ -423,42 +421,64 @@ class Trainer:
             strategy=cfg.strategy,
             precision=cfg.precision,
         )
-        every, every_s = cfg.checkpoint.everySteps, cfg.checkpoint.everySeconds
-        interval_loss = torch.zeros((), device=self.device)
-        interval_steps, interval_start = 0, time.perf_counter()
-        for loss, waited, seconds in self._steps():
-            interval_loss += loss
-            interval_steps += 1
-            if self.metrics is not None:
-                self.metrics.step.set(self.step)
-                self.metrics.step_seconds.observe(seconds)
-                self.metrics.data_wait_seconds.observe(waited)
-            self.progress.update(step=self.step)
-            time_due = every_s > 0 and time.monotonic() - self._last_save_time >= every_s
-            stop, time_due = self.dist.any_rank(self._stop_requested, time_due)
-            if stop or self.step % cfg.logEverySteps == 0 or self.step == cfg.maxSteps:
-                self._report(interval_loss / interval_steps, interval_steps, interval_start)
-                interval_loss.zero_()
-                interval_steps, interval_start = 0, time.perf_counter()
-            if cfg.evalEverySteps and self.step % cfg.evalEverySteps == 0:
-                self.evaluate("val")
-            if stop:
-                self._save()
-                self.checkpointer.wait()
-                logs.event("preempted", step=self.step)
-                return contract.EXIT_PREEMPTED
-            if (every and self.step % every == 0) or time_due:
-                self._save()
+
+    def advance(self) -> int | None:
+        """One optimizer step and what follows it (report, eval, save); an exit code once done:
+        0 at maxSteps, EXIT_PREEMPTED after a SIGTERM (with a checkpoint committed)."""
+        cfg = self.cfg
+        if self.step >= cfg.maxSteps:
+            return self._finish()
+        started = time.perf_counter()
+        loss, waited = self._train_step()
+        self.step += 1
+        seconds = time.perf_counter() - started
+        self._interval_loss += loss
+        self._interval_steps += 1
+        if self.metrics is not None:
+            self.metrics.step.set(self.step)
+            self.metrics.step_seconds.observe(seconds)
+            self.metrics.data_wait_seconds.observe(waited)
+        self.progress.update(step=self.step)
+        every_s = cfg.checkpoint.everySeconds
+        time_due = every_s > 0 and time.monotonic() - self._last_save_time >= every_s
+        stop, time_due = self.dist.any_rank(self._stop_requested, time_due)
+        if stop or self.step % cfg.logEverySteps == 0 or self.step == cfg.maxSteps:
+            self._report()
+        if cfg.evalEverySteps and self.step % cfg.evalEverySteps == 0:
+            self.evaluate("val")
+        if stop:
+            self._save()
+            self.checkpointer.wait()
+            logs.event("preempted", step=self.step)
+            return contract.EXIT_PREEMPTED
+        every = cfg.checkpoint.everySteps
+        if (every and self.step % every == 0) or time_due:
+            self._save()
+        return None
+
+    def _finish(self) -> int:
         self._save()
         self.checkpointer.wait()
-        self.evaluate("val")
+        if self._val_step != self.step:  # unless the loop just did
+            self.evaluate("val")
         self.evaluate("test")
         logs.event("training_finished", step=self.step)
         return 0
 
-    def _report(self, loss: torch.Tensor, steps: int, since: float) -> None:
-        elapsed = time.perf_counter() - since
-        (mean_loss,) = self._mean_over_ranks([float(loss)])
+    def run(self) -> int:
+        """Train to maxSteps (exit 0) or until SIGTERM (checkpoint, EXIT_PREEMPTED)."""
+        self.start()
+        while (code := self.advance()) is None:
+            pass
+        return code
+
+    def _report(self) -> None:
+        """Log and publish the interval since the last report (the only host sync per step)."""
+        steps = self._interval_steps
+        elapsed = time.perf_counter() - self._interval_start
+        (mean_loss,) = self._mean_over_ranks([float(self._interval_loss) / steps])
+        self._interval_loss.zero_()
+        self._interval_steps, self._interval_start = 0, time.perf_counter()
         samples_s = steps * self.samples_per_step / elapsed
         tokens = self.recipe.tokens_per_sample
         fields: dict[str, Any] = {

@@ -11,20 +11,20 @@ Deliberately NOT granted:
 - kopf's own Events: the operator disables kopf's event posting and records its own.
 */}}
 {{- define "trainforge.rules" -}}
-# TrainingJobs: kopf lists + watches them (index and event handler); the operator deletes a
-# finished job after ttlSecondsAfterFinished; an InferenceService with
-# model.fromTrainingJob reads its job.
+# TrainingJobs: kopf lists + watches them (indexes and event handlers; InferenceServices
+# with model.fromTrainingJob read their job from the same index); the operator deletes a
+# finished job after ttlSecondsAfterFinished.
 - apiGroups: [trainforge.io]
   resources: [trainingjobs]
-  verbs: [get, list, watch, delete]
+  verbs: [list, watch, delete]
 # The operator is the only writer of TrainingJob status (merge patch).
 - apiGroups: [trainforge.io]
   resources: [trainingjobs/status]
   verbs: [patch]
-# InferenceServices: watched by kopf; read by the reconcile.
+# InferenceServices: kopf lists + watches them (indexes and event handler).
 - apiGroups: [trainforge.io]
   resources: [inferenceservices]
-  verbs: [get, list, watch]
+  verbs: [list, watch]
 - apiGroups: [trainforge.io]
   resources: [inferenceservices/status]
   verbs: [patch]
@@ -39,8 +39,8 @@ Deliberately NOT granted:
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch, create, delete]
-# The TrainingJob headless Service (create only); the InferenceService's Service (full
-# reconcile: read, create, patch on drift, delete when no longer wanted).
+# Services: the TrainingJob's headless Service (create); the InferenceService's Service,
+# reconciled like its other children (next rule).
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch, delete]
@@ -54,6 +54,9 @@ Deliberately NOT granted:
   resources: [events]
   verbs: [create]
 # InferenceService children: Deployment, HPA (spec.autoscaling), PDB (more than one replica).
+# kopf lists + watches them (by label); the operator server-side applies them (patch, and
+# create when the apply makes a new object), reads one before taking over its name (get),
+# and deletes the HPA / PDB when the spec no longer asks for them.
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch, delete]

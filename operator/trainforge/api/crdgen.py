@@ -26,7 +26,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue, NoDefault
 from pydantic_core import core_schema
 
 from trainforge import contract
-from trainforge.api import trainingjob
+from trainforge.api import inferenceservice, trainingjob
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 HEADER = (
@@ -87,7 +87,52 @@ TRAINING_JOB = CrdDefinition(
     root_rules=tuple(trainingjob.ROOT_RULES),
 )
 
-CRDS: tuple[CrdDefinition, ...] = (TRAINING_JOB,)
+INFERENCE_SERVICE = CrdDefinition(
+    kind=inferenceservice.KIND,
+    plural=inferenceservice.PLURAL,
+    description=(
+        "Serves a model's checkpoints (from a PVC or a TrainingJob) with the bundled inference "
+        "server, speaking the Open Inference Protocol (V2) over REST: a Deployment behind a "
+        "Service, with a HorizontalPodAutoscaler and a PodDisruptionBudget when asked for."
+    ),
+    short_names=("infsvc",),
+    categories=("trainforge", "ml"),
+    spec_model=inferenceservice.InferenceServiceSpec,
+    status_model=inferenceservice.InferenceServiceStatus,
+    printer_columns=(
+        {
+            "name": "Ready",
+            "type": "string",
+            "jsonPath": '.status.conditions[?(@.type=="Ready")].status',
+        },
+        {
+            "name": "Replicas",
+            "type": "integer",
+            "jsonPath": ".status.readyReplicas",
+            "description": "Server replicas ready",
+        },
+        {"name": "URL", "type": "string", "jsonPath": ".status.url"},
+        {
+            "name": "Model step",
+            "type": "integer",
+            "jsonPath": ".status.model.step",
+            "description": "Step of the TrainingJob's newest committed checkpoint",
+        },
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ),
+    root_rules=tuple(inferenceservice.ROOT_RULES),
+    # `kubectl scale infsvc/<name>` and a HorizontalPodAutoscaler write spec.replicas; the
+    # HPA finds the pods for its metrics through the selector.
+    subresources={
+        "scale": {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        }
+    },
+)
+
+CRDS: tuple[CrdDefinition, ...] = (TRAINING_JOB, INFERENCE_SERVICE)
 
 
 # --- schema conversion ---------------------------------------------------------------------

@@ -111,8 +111,9 @@ def _check_shape(where: str, shape: tuple[int, ...], spec: TensorSpec) -> None:
 
 
 def _flatten(data: list[Any]) -> list[Any]:
-    # OIP allows the row-major data flattened or nested; nesting is flattened here.
-    if not any(isinstance(v, list) for v in data):
+    # OIP allows the row-major data flattened or nested; nesting is flattened here. Mixed
+    # nesting like [1, [2]] is left to numpy, which refuses it.
+    if not data or not isinstance(data[0], list):
         return data
     flat: list[Any] = []
     stack = [iter(data)]

@@ -41,6 +41,7 @@ class ServeSettings:
     reload_interval_seconds: float = 10.0
     max_request_bytes: int = 16 << 20
     drain_seconds: float = 5.0
+    torch_threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,15 @@ _OPTIONS: dict[str, _Option] = {
         "after SIGTERM, keep answering this long while readiness fails (endpoints update)",
         0,
         3600,
+    ),
+    "torch_threads": _Option(
+        "--torch-threads",
+        contract.ENV_SERVE_TORCH_THREADS,
+        int,
+        "torch intra-op threads on CPU (0: torch's default, one per core); 1 leaves a core "
+        "to the HTTP loop, and small batches lose more to thread sync than they gain",
+        0,
+        1024,
     ),
 }
 

@@ -1,0 +1,240 @@
+"""Benchmark of the bundled trainer (not a test; numbers go to bench/REPORT.md, "Trainer").
+
+    .venv/bin/python bench/trainer_bench.py [--steps 60] [--dir /path/on/the/checkpoint/disk]
+
+Measured side by side in one process, interleaved step by step so that load from other
+processes hits both sides alike, medians after a warm-up:
+
+1. step time of the trainer (Trainer.advance: data stream, step, metrics, progress, stop and
+   save checks) vs a plain hand-written PyTorch loop on the same model and data;
+2. the same trainer with Prometheus metrics (and their HTTP server) on vs off;
+3. time the loop is blocked by an asynchronous save vs a synchronous save of the same
+   >= 200 MB state (model + AdamW moments);
+4. synchronous checkpoint throughput (write + fsync + sha256 + commit) vs `dd` writing the
+   same number of bytes with conv=fsync to the same directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from trainforge import contract
+from trainforge_trainer import config as config_mod
+from trainforge_trainer.checkpoint import Checkpointer, CommittedCheckpoint
+from trainforge_trainer.data import TensorPairs
+from trainforge_trainer.loop import Trainer, lr_factor
+from trainforge_trainer.recipes import build_model
+
+STEP_CONFIG: dict[str, Any] = {
+    "recipe": "mlp",
+    "maxSteps": 1_000_000,
+    "batchSize": 128,
+    "lr": 1e-3,
+    "warmupSteps": 10,
+    "model": {"inputDim": 256, "hiddenDim": 1024, "layers": 3, "numClasses": 16},
+    "data": {"samples": 8192},
+}
+# ~21M parameters: 84 MB of weights + 168 MB of AdamW moments.
+BIG_CONFIG: dict[str, Any] = {
+    "recipe": "mlp",
+    "maxSteps": 1_000_000,
+    "batchSize": 16,
+    "model": {"inputDim": 2048, "hiddenDim": 2048, "layers": 5, "numClasses": 16},
+    "data": {"samples": 512},
+}
+
+
+def _trainer(raw: dict[str, Any], ckpt: Path, *, metrics: bool, port: int | None) -> Trainer:
+    env = {contract.ENV_CHECKPOINT_DIR: str(ckpt)}
+    if port is not None:
+        env[contract.ENV_METRICS_PORT] = str(port)
+    trainer = Trainer(config_mod.parse(raw), env, metrics_enabled=metrics)
+    trainer.start()
+    return trainer
+
+
+class PlainLoop:
+    """What one would write by hand: same model, optimizer, schedule, clipping and data."""
+
+    def __init__(self, raw: dict[str, Any], data: TensorPairs) -> None:
+        cfg = config_mod.parse(raw)
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.01)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_factor(s, cfg.warmupSteps, cfg.maxSteps, cfg.minLrRatio)
+        )
+        self.x, self.y = data.inputs, data.targets
+        self.batch = cfg.batchSize
+        self.perm = torch.randperm(len(self.x))
+        self.pos = 0
+
+    def step(self) -> None:
+        if self.pos + self.batch > len(self.perm):
+            self.perm, self.pos = torch.randperm(len(self.x)), 0
+        idx = self.perm[self.pos : self.pos + self.batch]
+        self.pos += self.batch
+        loss = F.cross_entropy(self.model(self.x[idx]), self.y[idx])
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self.sched.step()
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def interleaved(
+    a: Callable[[], object], b: Callable[[], object], steps: int, warmup: int
+) -> tuple[float, float]:
+    """Median seconds of a and b, run alternately (order flipped every round)."""
+    ta: list[float] = []
+    tb: list[float] = []
+    for i in range(warmup + steps):
+        if i % 2:
+            x, y = _timed(a), _timed(b)
+        else:
+            y, x = _timed(b), _timed(a)
+        if i >= warmup:
+            ta.append(x)
+            tb.append(y)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def _dd(target: Path, n_bytes: int) -> float:
+    """Seconds for dd to write n_bytes with fsync (as dd reports it)."""
+    count = max(1, n_bytes // (4 << 20))
+    out = subprocess.run(
+        ["dd", "if=/dev/zero", f"of={target}", "bs=4M", f"count={count}", "conv=fsync"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stderr
+    target.unlink()
+    match = re.search(r"copied, ([0-9.]+) s", out)
+    assert match, out
+    return float(match.group(1)) * n_bytes / (count * (4 << 20))
+
+
+def bench_steps(root: Path, steps: int, warmup: int) -> dict[str, float]:
+    on = _trainer(STEP_CONFIG, root / "on", metrics=True, port=0)
+    off = _trainer(STEP_CONFIG, root / "off", metrics=False, port=None)
+    assert isinstance(on.recipe.train, TensorPairs)
+    plain = PlainLoop(STEP_CONFIG, on.recipe.train)
+    trainer_s, plain_s = interleaved(on.advance, plain.step, steps, warmup)
+    metrics_on_s, metrics_off_s = interleaved(on.advance, off.advance, steps, warmup)
+    for t in (on, off):
+        t.checkpointer.close()
+    return {
+        "trainer_step_ms": trainer_s * 1e3,
+        "plain_step_ms": plain_s * 1e3,
+        "trainer_overhead_pct": (trainer_s / plain_s - 1) * 100,
+        "metrics_on_step_ms": metrics_on_s * 1e3,
+        "metrics_off_step_ms": metrics_off_s * 1e3,
+        "metrics_overhead_pct": (metrics_on_s / metrics_off_s - 1) * 100,
+    }
+
+
+def bench_checkpoints(root: Path, rounds: int) -> dict[str, float]:
+    trainer = _trainer(BIG_CONFIG, root / "big", metrics=False, port=None)
+    trainer.advance()  # AdamW moments exist only after the first step
+
+    def checkpointer(name: str, async_save: bool) -> Checkpointer:
+        def ignore(c: CommittedCheckpoint, s: float | None) -> None:
+            pass
+
+        return Checkpointer(
+            root / name,
+            trainer.dist,
+            config_mod.dump(trainer.cfg),
+            keep_last=1,
+            async_save=async_save,
+            attempt="0",
+            on_commit=ignore,
+        )
+
+    sync, asyn = checkpointer("sync", False), checkpointer("async", True)
+    sync_s, async_block_s, async_total_s, dd_s = [], [], [], []
+    n_bytes = 0
+    for r in range(rounds):
+        trainer.advance()
+        step = trainer.step
+        sync_s.append(_timed(lambda: sync.save(step, trainer._state())))
+        started = time.perf_counter()
+        async_block_s.append(_timed(lambda: asyn.save(step, trainer._state())))
+        asyn.wait()
+        async_total_s.append(time.perf_counter() - started)
+        manifest = json.loads(
+            (root / "sync" / contract.checkpoint_dir_name(step) / "manifest.json").read_text()
+        )
+        n_bytes = manifest["bytes"]
+        dd_s.append(_dd(root / f"dd-{r}.bin", n_bytes))
+    newest = root / "sync" / contract.checkpoint_dir_name(trainer.step)
+    files = [p for p in newest.iterdir() if p.name != "manifest.json"]
+    hash_s = _timed(lambda: [hashlib.sha256(p.read_bytes()).hexdigest() for p in files])
+    sync.close()
+    asyn.close()
+    trainer.checkpointer.close()
+    med = statistics.median
+    return {
+        "state_mb": n_bytes / 1e6,
+        "sync_save_s": med(sync_s),
+        "async_blocking_s": med(async_block_s),
+        "async_total_s": med(async_total_s),
+        "async_blocking_pct_of_sync": med(async_block_s) / med(sync_s) * 100,
+        "sync_save_mb_s": n_bytes / 1e6 / med(sync_s),
+        "dd_mb_s": n_bytes / 1e6 / med(dd_s),
+        "save_vs_dd_pct": med(dd_s) / med(sync_s) * 100,
+        "sha256_page_cache_mb_s": n_bytes / 1e6 / hash_s,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=60, help="measured steps per side")
+    parser.add_argument("--warmup", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3, help="checkpoint rounds")
+    parser.add_argument("--dir", help="scratch directory (on the disk to measure)")
+    args = parser.parse_args()
+    root = Path(args.dir or tempfile.mkdtemp(prefix="trainforge-bench-"))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        results = {
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cpus": os.cpu_count(),
+            "load_avg_1m_start": os.getloadavg()[0],
+            **bench_steps(root, args.steps, args.warmup),
+            **bench_checkpoints(root, args.rounds),
+            "load_avg_1m_end": os.getloadavg()[0],
+        }
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(
+        json.dumps(
+            {k: round(v, 3) if isinstance(v, float) else v for k, v in results.items()}, indent=1
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""Runs the InferenceService reconcile: observe (kopf indexes), plan (pure), apply (kube.py).
+
+As for TrainingJobs, two memories bridge the lag of the watch caches behind our own writes:
+the status this operator last wrote (it is the only writer), and the children it applied that
+the indexes do not show yet. Children are applied server-side (they are mutable); a child
+that is missing from the indexes is looked up before it is created, so an object of the same
+name that belongs to someone else is reported, never taken over.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from trainforge import contract, kube, metrics
+from trainforge.api.common import InvalidSpec
+from trainforge.reconcile.inferenceservice import (
+    READY,
+    ChildView,
+    Observed,
+    Plan,
+    parse_spec,
+    plan,
+    resolve_model,
+)
+from trainforge.render.trainingjob import RenderSettings
+
+logger = logging.getLogger(__name__)
+
+KIND = "InferenceService"
+Key = tuple[str, str]  # (namespace, name)
+# The latest watched InferenceService or TrainingJob for a key, and a service's children.
+ObjectLookup = Callable[[Key], Mapping[str, Any] | None]
+ChildrenLookup = Callable[[Key], list[ChildView]]
+
+API_VERSIONS = {
+    "Deployment": "apps/v1",
+    "Service": "v1",
+    "HorizontalPodAutoscaler": "autoscaling/v2",
+    "PodDisruptionBudget": "policy/v1",
+}
+# How long an applied child may stay invisible to the watch before it is applied again.
+IN_FLIGHT_SECONDS = 30.0
+
+
+@dataclass
+class Memory:
+    """What one service's previous reconciles did that the watch may not show yet."""
+
+    written_status: dict[str, Any] | None = None
+    # kind -> (spec hash, monotonic time) of children applied but not yet seen.
+    applied: dict[str, tuple[str, float]] = field(default_factory=dict)
+    # kind -> message for children whose name another object holds.
+    conflicts: dict[str, str] = field(default_factory=dict)
+
+
+class InferenceServiceRunner:
+    def __init__(
+        self,
+        services: ObjectLookup,
+        jobs: ObjectLookup,
+        children: ChildrenLookup,
+        settings: RenderSettings,
+    ) -> None:
+        self._services = services
+        self._jobs = jobs
+        self._children = children
+        self._settings = settings
+        self._memory: dict[str, Memory] = {}
+        self._lock = threading.Lock()  # guards _memory's dict; one worker per key at a time
+
+    def reconcile(self, key: Key) -> float | None:
+        """One level-based pass over the service `key`; returns seconds until the next one."""
+        body = self._services(key)
+        if body is None:  # deleted; `forget` already ran for its uid
+            return None
+        service = dict(body)
+        with self._lock:
+            memory = self._memory.setdefault(service["metadata"]["uid"], Memory())
+        started = time.perf_counter()
+        metrics.RECONCILES.labels(KIND).inc()
+        try:
+            return self._reconcile(service, memory)
+        except kube.KubeError as e:
+            metrics.RECONCILE_ERRORS.labels(KIND).inc()
+            logger.warning("%s %s/%s: API error, will retry: %s", KIND, *key, e)
+            return 5.0
+        finally:
+            metrics.RECONCILE_SECONDS.labels(KIND).observe(time.perf_counter() - started)
+
+    def _reconcile(self, service: dict[str, Any], memory: Memory) -> float | None:
+        if memory.written_status is not None:
+            service["status"] = memory.written_status
+        meta = service["metadata"]
+        namespace = meta["namespace"]
+        children = [
+            child
+            for child in self._children((namespace, meta["name"]))
+            if child.owner_uid == meta["uid"]
+        ]
+        job, claim_exists = self._model_source(service)
+        observed = Observed(
+            service=service,
+            now=datetime.now(UTC),
+            job=job,
+            claim_exists=claim_exists,
+            children=children,
+            conflicts=list(memory.conflicts.values()),
+            in_flight=self._in_flight(children, memory),
+        )
+        result = plan(observed, self._settings)
+        self._apply(service, result, memory, {child.kind for child in children})
+        if memory.conflicts and not observed.conflicts:
+            return 0.5  # report the conflict just found
+        return result.requeue_after
+
+    def _model_source(self, service: dict[str, Any]) -> tuple[dict[str, Any] | None, bool | None]:
+        """The referenced TrainingJob (from the watch) and whether the claim to mount exists."""
+        try:
+            spec = parse_spec(service)
+        except InvalidSpec:
+            return None, None  # the plan reports it
+        namespace = service["metadata"]["namespace"]
+        job_name = spec.model.from_training_job
+        found = self._jobs((namespace, job_name)) if job_name else None
+        job = dict(found) if found is not None else None
+        mount = resolve_model(namespace, spec, job).mount
+        if mount is None:
+            return job, None
+        claim = kube.Ref("v1", "PersistentVolumeClaim", namespace, mount.claim_name)
+        return job, kube.exists(claim)
+
+    @staticmethod
+    def _in_flight(children: list[ChildView], memory: Memory) -> dict[str, str]:
+        seen = {child.kind: child.spec_hash for child in children}
+        now = time.monotonic()
+        for kind, (applied_hash, when) in list(memory.applied.items()):
+            if seen.get(kind) == applied_hash or now - when > IN_FLIGHT_SECONDS:
+                del memory.applied[kind]
+        return {kind: applied_hash for kind, (applied_hash, _) in memory.applied.items()}
+
+    def _apply(
+        self, service: dict[str, Any], result: Plan, memory: Memory, present: set[str]
+    ) -> None:
+        meta = service["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        ref = kube.Ref(contract.API_VERSION, KIND, namespace, name)
+        old_status = service.get("status") or {}
+        if result.status != old_status:
+            patch = {**{k: None for k in old_status if k not in result.status}, **result.status}
+            updated = kube.patch_status(ref, patch)
+            memory.written_status = updated.get("status", result.status)
+        ready = any(
+            c["type"] == READY and c["status"] == "True" for c in result.status["conditions"]
+        )
+        metrics.INFERENCESERVICES.set(meta["uid"], namespace, str(ready).lower())
+        for manifest in result.apply:
+            kind = manifest["kind"]
+            if kind not in present and not self._name_is_free(manifest, meta["uid"], memory):
+                continue
+            kube.apply(manifest)
+            memory.conflicts.pop(kind, None)
+            spec_hash = manifest["metadata"]["annotations"][contract.ANNOTATION_SPEC_HASH]
+            memory.applied[kind] = (spec_hash, time.monotonic())
+        for child in result.delete:
+            kube.delete(
+                kube.Ref(API_VERSIONS[child.kind], child.kind, namespace, child.name),
+                uid=child.uid or None,
+            )
+        for type_, reason, message in result.events:
+            kube.emit_event(service, type_, reason, message)
+
+    @staticmethod
+    def _name_is_free(manifest: dict[str, Any], uid: str, memory: Memory) -> bool:
+        """Whether a child the indexes do not show may be applied: it does not exist, or it
+        is ours and the watch has not caught up."""
+        kind, meta = manifest["kind"], manifest["metadata"]
+        existing = kube.get(kube.Ref(manifest["apiVersion"], kind, meta["namespace"], meta["name"]))
+        owners = (existing or {}).get("metadata", {}).get("ownerReferences", [])
+        if existing is None or any(o.get("uid") == uid and o.get("controller") for o in owners):
+            memory.conflicts.pop(kind, None)
+            return True
+        memory.conflicts[kind] = (
+            f"{kind} {meta['namespace']}/{meta['name']} already exists and is not controlled "
+            "by this InferenceService; delete it or choose another name (children of a "
+            "deleted InferenceService of the same name disappear on their own)"
+        )
+        return False
+
+    def forget(self, uid: str) -> None:
+        """The service was deleted: drop what we remembered of it."""
+        with self._lock:
+            self._memory.pop(uid, None)
+        metrics.INFERENCESERVICES.forget(uid)

@@ -1,0 +1,338 @@
+"""InferenceService -> its children (Deployment, Service, HorizontalPodAutoscaler, PDB).
+
+Pure functions, as for TrainingJob: the same inputs give the same manifests, byte for byte;
+every child carries an owner reference, the labels from `contract`, and a spec-hash
+annotation, so the planner tells a stale child from a current one by one string. Unlike
+pods these children are mutable: a different hash means apply the new manifest in place.
+
+The checkpoint step is deliberately absent from the pod template: the server hot-reloads
+newer checkpoints itself, so a TrainingJob committing one must not roll the Deployment.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from trainforge import contract
+from trainforge.api.inferenceservice import KIND, InferenceServiceSpec
+from trainforge.render.merge import merge
+from trainforge.render.trainingjob import GPU_TAINT_KEY, RenderSettings, spec_hash
+
+CHECKPOINT_VOLUME = "checkpoints"
+SERVER_MODULE = "trainforge_trainer"
+SERVICE_PORT = 80  # the URL carries no port
+STARTUP_PROBE_PERIOD = 5
+
+
+@dataclass(frozen=True)
+class InferenceRef:
+    """Identity of the InferenceService the children belong to."""
+
+    name: str
+    namespace: str
+    uid: str
+
+    @classmethod
+    def from_object(cls, obj: Mapping[str, Any]) -> InferenceRef:
+        metadata = obj["metadata"]
+        return cls(name=metadata["name"], namespace=metadata["namespace"], uid=metadata["uid"])
+
+
+@dataclass(frozen=True)
+class ModelMount:
+    """The resolved model source: the claim, where it is mounted, and the directory the
+    server watches for committed checkpoints."""
+
+    claim_name: str
+    mount_path: str
+    checkpoint_dir: str
+
+
+@dataclass(frozen=True)
+class DesiredChildren:
+    deployment: dict[str, Any]
+    service: dict[str, Any]
+    autoscaler: dict[str, Any] | None
+    disruption_budget: dict[str, Any] | None
+
+    def by_kind(self) -> dict[str, dict[str, Any] | None]:
+        """Every child kind the service may have, None for those it should not have."""
+        return {
+            "Deployment": self.deployment,
+            "Service": self.service,
+            "HorizontalPodAutoscaler": self.autoscaler,
+            "PodDisruptionBudget": self.disruption_budget,
+        }
+
+
+# --- names, labels, addresses ----------------------------------------------------------------
+
+
+def selector_labels(name: str) -> dict[str, str]:
+    """Labels on every child and server pod; the Deployment and Service select with them."""
+    return {contract.LABEL_MANAGED_BY: contract.MANAGED_BY, contract.LABEL_INFERENCE_SERVICE: name}
+
+
+def selector_string(name: str) -> str:
+    """The pod selector in string form (status.selector, read through the scale subresource)."""
+    return ",".join(f"{key}={value}" for key, value in sorted(selector_labels(name).items()))
+
+
+def url(name: str, namespace: str) -> str:
+    return f"http://{name}.{namespace}.svc.cluster.local"
+
+
+def owner_reference(ref: InferenceRef) -> dict[str, Any]:
+    return {
+        "apiVersion": contract.API_VERSION,
+        "kind": KIND,
+        "name": ref.name,
+        "uid": ref.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(ref: InferenceRef) -> dict[str, Any]:
+    # Every child is named after the service: one of each kind.
+    return {
+        "name": ref.name,
+        "namespace": ref.namespace,
+        "labels": selector_labels(ref.name),
+        "annotations": {},
+        "ownerReferences": [owner_reference(ref)],
+    }
+
+
+def _with_hash(manifest: dict[str, Any]) -> dict[str, Any]:
+    metadata = manifest["metadata"]
+    annotations = {
+        **metadata.get("annotations", {}),
+        contract.ANNOTATION_SPEC_HASH: spec_hash(manifest),
+    }
+    return {**manifest, "metadata": {**metadata, "annotations": annotations}}
+
+
+# --- the server container ------------------------------------------------------------------
+
+
+def _env(name: str, value: object) -> dict[str, Any]:
+    return {"name": name, "value": str(value)}
+
+
+def server_env(name: str, spec: InferenceServiceSpec, mount: ModelMount) -> list[dict[str, Any]]:
+    """The server's settings (trainforge_trainer.serve reads TRAINFORGE_SERVE_*), then the
+    user's env, which may set the server's other knobs but not these."""
+    server = spec.server
+    env = [
+        _env(contract.ENV_CHECKPOINT_DIR, mount.checkpoint_dir),
+        _env(contract.ENV_SERVE_MODEL_NAME, spec.model.name or name),
+        _env(contract.ENV_SERVE_PORT, contract.SERVE_DEFAULT_PORT),
+        _env(contract.ENV_SERVE_MAX_BATCH_SIZE, server.max_batch_size),
+        _env(contract.ENV_SERVE_MAX_BATCH_DELAY_MS, server.max_batch_delay_ms),
+        _env(contract.ENV_SERVE_QUANTIZE, server.quantize),
+    ]
+    return env + [var.to_json() for var in spec.env]
+
+
+def _resources(spec: InferenceServiceSpec) -> dict[str, Any]:
+    # GPUs cannot be overcommitted: requests = limits.
+    gpus = {spec.resources.gpu_resource: str(spec.resources.gpus)} if spec.resources.gpus else {}
+    resources: dict[str, Any] = {}
+    requests = {**spec.resources.requests, **gpus}
+    limits = {**spec.resources.limits, **gpus}
+    if requests:
+        resources["requests"] = requests
+    if limits:
+        resources["limits"] = limits
+    return resources
+
+
+def _probe(path: str, period: int, failures: int, timeout: int = 1) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": contract.SERVE_PORT_NAME},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": timeout,
+    }
+
+
+def server_container(
+    name: str, spec: InferenceServiceSpec, mount: ModelMount, settings: RenderSettings
+) -> dict[str, Any]:
+    container: dict[str, Any] = {
+        "name": contract.SERVE_CONTAINER_NAME,
+        "image": spec.image or settings.default_image,
+        "command": ["python", "-m", SERVER_MODULE, "serve"],
+        "env": server_env(name, spec, mount),
+        "ports": [
+            {
+                "name": contract.SERVE_PORT_NAME,
+                "containerPort": contract.SERVE_DEFAULT_PORT,
+                "protocol": "TCP",
+            }
+        ],
+    }
+    resources = _resources(spec)
+    if resources:
+        container["resources"] = resources
+    container["volumeMounts"] = [
+        {"name": CHECKPOINT_VOLUME, "mountPath": mount.mount_path, "readOnly": True}
+    ]
+    # The server listens within seconds of starting (importing torch, initialising CUDA) and
+    # is live from then on; loading the weights only holds readiness back. The startup probe
+    # gives slow images their time before the liveness probe may restart them.
+    startup_failures = math.ceil(spec.server.startup_timeout_seconds / STARTUP_PROBE_PERIOD)
+    container["startupProbe"] = _probe(
+        contract.SERVE_PATH_LIVE, STARTUP_PROBE_PERIOD, startup_failures
+    )
+    # A server busy with large batches answers slowly but is alive: a generous timeout.
+    container["livenessProbe"] = _probe(contract.SERVE_PATH_LIVE, 10, 3, timeout=5)
+    container["readinessProbe"] = _probe(contract.SERVE_PATH_READY, 5, 2, timeout=5)
+    return container
+
+
+# --- children --------------------------------------------------------------------------------
+
+
+def deployment(
+    ref: InferenceRef, spec: InferenceServiceSpec, mount: ModelMount, settings: RenderSettings
+) -> dict[str, Any]:
+    """`<name>`: the server replicas, rolled out one surge pod at a time and never below the
+    desired count (a new replica must load the model before an old one goes)."""
+    template = spec.pod_template
+    labels = {**(template.metadata.labels if template else {}), **selector_labels(ref.name)}
+    pod_spec: dict[str, Any] = {
+        # Many Services in a namespace would otherwise flood the environment.
+        "enableServiceLinks": False,
+        "containers": [server_container(ref.name, spec, mount, settings)],
+        "volumes": [
+            {
+                "name": CHECKPOINT_VOLUME,
+                "persistentVolumeClaim": {"claimName": mount.claim_name, "readOnly": True},
+            }
+        ],
+    }
+    if spec.resources.gpus:
+        pod_spec["tolerations"] = [
+            {"key": GPU_TAINT_KEY, "operator": "Exists", "effect": "NoSchedule"}
+        ]
+    if template is not None:
+        pod_spec = merge(pod_spec, template.spec)
+    pod_template: dict[str, Any] = {"metadata": {"labels": labels}, "spec": pod_spec}
+    if template is not None and template.metadata.annotations:
+        pod_template["metadata"]["annotations"] = dict(template.metadata.annotations)
+    return _with_hash(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": _metadata(ref),
+            "spec": {
+                "replicas": spec.desired_replicas,
+                "selector": {"matchLabels": selector_labels(ref.name)},
+                "strategy": {
+                    "type": "RollingUpdate",
+                    "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+                },
+                "template": pod_template,
+            },
+        }
+    )
+
+
+def service(ref: InferenceRef) -> dict[str, Any]:
+    """`<name>`: a ClusterIP Service on port 80, so the URL needs no port."""
+    return _with_hash(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": _metadata(ref),
+            "spec": {
+                "type": "ClusterIP",
+                "selector": selector_labels(ref.name),
+                "ports": [
+                    {
+                        "name": contract.SERVE_PORT_NAME,
+                        "port": SERVICE_PORT,
+                        "targetPort": contract.SERVE_PORT_NAME,
+                        "protocol": "TCP",
+                    }
+                ],
+            },
+        }
+    )
+
+
+def autoscaler(ref: InferenceRef, spec: InferenceServiceSpec) -> dict[str, Any] | None:
+    """`<name>`: an autoscaling/v2 HPA whose target is the InferenceService itself.
+
+    Targeting the InferenceService's scale subresource (not the Deployment) keeps one owner
+    of the replica count: the HPA and `kubectl scale` both write spec.replicas, and the
+    operator alone copies it to the Deployment. An HPA on the Deployment would fight the
+    operator, which renders the Deployment's replicas from spec.replicas.
+    """
+    scaling = spec.autoscaling
+    if scaling is None:
+        return None
+    metrics: list[dict[str, Any]] = []
+    if scaling.target_cpu is not None:
+        metrics.append(
+            {
+                "type": "Resource",
+                "resource": {
+                    "name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": scaling.target_cpu},
+                },
+            }
+        )
+    metrics += [dict(metric) for metric in scaling.metrics]
+    return _with_hash(
+        {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": _metadata(ref),
+            "spec": {
+                "scaleTargetRef": {
+                    "apiVersion": contract.API_VERSION,
+                    "kind": KIND,
+                    "name": ref.name,
+                },
+                "minReplicas": scaling.min_replicas,
+                "maxReplicas": scaling.max_replicas,
+                "metrics": metrics,
+            },
+        }
+    )
+
+
+def disruption_budget(ref: InferenceRef, spec: InferenceServiceSpec) -> dict[str, Any] | None:
+    """`<name>`: at most one server pod voluntarily evicted at a time, only when more than one
+    may run. maxUnavailable (not minAvailable) so a service scaled down to one replica never
+    blocks a node drain."""
+    if not spec.may_run_several:
+        return None
+    return _with_hash(
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": _metadata(ref),
+            "spec": {
+                "maxUnavailable": 1,
+                "selector": {"matchLabels": selector_labels(ref.name)},
+            },
+        }
+    )
+
+
+def desired_children(
+    ref: InferenceRef, spec: InferenceServiceSpec, mount: ModelMount, settings: RenderSettings
+) -> DesiredChildren:
+    return DesiredChildren(
+        deployment=deployment(ref, spec, mount, settings),
+        service=service(ref),
+        autoscaler=autoscaler(ref, spec),
+        disruption_budget=disruption_budget(ref, spec),
+    )

@@ -1,0 +1,234 @@
+"""The TrainingJob lifecycle rules, table-driven on the pure plan."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from trainforge import contract
+from trainforge.reconcile.trainingjob import Observed, Plan, PodView, plan, pod_view
+from trainforge.render.trainingjob import RenderSettings
+
+NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
+SETTINGS = RenderSettings()
+
+
+def job(status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": contract.API_VERSION, "kind": "TrainingJob",
+        "metadata": {"name": "llm", "namespace": "ml", "uid": "uid-1", "generation": 3,
+                     "creationTimestamp": "2026-11-23T11:00:00Z"},
+        "spec": {"workers": 2, "image": "trainer:1", **spec},
+        "status": status or {},
+    }
+
+
+def pod(index: int, phase: str = "Running", attempt: int = 0, **kw: Any) -> PodView:
+    return PodView(name=f"llm-worker-{index}", uid=f"p{attempt}-{index}", index=index,
+                   attempt=attempt, phase=phase, **kw)
+
+
+def run(job_: dict[str, Any], pods: list[PodView], now: datetime = NOW, **kw: Any) -> Plan:
+    return plan(Observed(job=job_, pods=pods, now=now, **kw), SETTINGS)
+
+
+def cond(result: Plan, type_: str) -> dict[str, Any]:
+    return next(c for c in result.status["conditions"] if c["type"] == type_)
+
+
+def kinds(result: Plan) -> list[str]:
+    return [m["kind"] for m in result.create]
+
+
+RUNNING = {"phase": "Running", "restartAttempt": 0, "restarts": 0,
+           "startTime": "2026-11-23T11:00:00Z"}
+
+
+def test_new_job_creates_children_then_pods() -> None:
+    result = run(job(), [])
+    assert kinds(result) == ["Service", "Pod", "Pod"]
+    assert result.status["phase"] == "Pending"
+    assert result.status["startTime"] == "2026-11-23T12:00:00Z"
+    assert result.status["observedGeneration"] == 3
+    assert cond(result, "Reconciling")["status"] == "True"
+    assert cond(result, "Ready")["status"] == "False"
+
+
+def test_children_are_not_recreated_once_ensured() -> None:
+    assert kinds(run(job(), [pod(0, "Pending")], children_ensured=True)) == ["Pod"]
+
+
+def test_all_workers_running_is_ready() -> None:
+    result = run(job(RUNNING), [pod(0), pod(1)])
+    assert result.create == [] and result.delete_pods == []
+    assert result.status["phase"] == "Running"
+    assert cond(result, "Running")["status"] == "True"
+    assert cond(result, "Ready")["status"] == "True"
+    assert cond(result, "Reconciling")["status"] == "False"
+    assert result.status["workers"] == {"total": 2, "pending": 0, "running": 2, "ready": 2,
+                                        "succeeded": 0, "failed": 0}
+
+
+@pytest.mark.parametrize(
+    ("failed", "policy", "restarts", "phase", "reason", "counted"),
+    [
+        (pod(1, "Failed", exit_code=1), {}, 0, "Restarting", "WorkerFailed", True),
+        (pod(1, "Failed", exit_code=1), {"maxRestarts": 2}, 2, "Failed",
+         "MaxRestartsExceeded", False),
+        (pod(1, "Failed", exit_code=42), {"failOnExitCodes": [42]}, 0, "Failed",
+         "FailOnExitCode", False),
+        (pod(1, "Failed", exit_code=contract.EXIT_CONFIG_ERROR), {}, 0, "Failed",
+         "FailOnExitCode", False),
+        (pod(1, "Failed", disrupted=True), {"maxRestarts": 0}, 0, "Restarting",
+         "WorkersDisrupted", False),
+        (pod(1, "Failed", exit_code=contract.EXIT_PREEMPTED), {"maxRestarts": 0}, 0,
+         "Restarting", "WorkersDisrupted", False),
+    ],
+)
+def test_worker_failure(failed: PodView, policy: dict[str, Any], restarts: int, phase: str,
+                        reason: str, counted: bool) -> None:
+    status = {**RUNNING, "restarts": restarts}
+    result = run(job(status, failurePolicy=policy), [pod(0), failed])
+    assert result.status["phase"] == phase
+    assert cond(result, phase)["reason"] == reason
+    assert result.create == []
+    assert result.counted_restart is counted
+    if phase == "Restarting":
+        assert result.status["restartAttempt"] == 1
+        assert result.status["restarts"] == restarts + counted
+        assert {p.name for p in result.delete_pods} == {"llm-worker-0", "llm-worker-1"}
+        assert result.events[0][1] == "GangRestarted"
+    else:
+        assert cond(result, "Stalled")["status"] == "True"
+        assert [p.name for p in result.delete_pods] == ["llm-worker-0"]  # the one still running
+        assert result.status["completionTime"] == "2026-11-23T12:00:00Z"
+
+
+def test_new_gang_waits_for_the_old_one_to_terminate() -> None:
+    status = {**RUNNING, "phase": "Restarting", "restartAttempt": 1, "restarts": 1}
+    result = run(job(status), [pod(0, "Running", attempt=0), pod(1, "Failed", attempt=0)])
+    assert result.create == []
+    assert {p.name for p in result.delete_pods} == {"llm-worker-0", "llm-worker-1"}
+    assert result.status["phase"] == "Restarting"
+
+    result = run(job(status), [])
+    pods = [m for m in result.create if m["kind"] == "Pod"]
+    assert [p["metadata"]["labels"][contract.LABEL_RESTART_ATTEMPT] for p in pods] == ["1", "1"]
+    env = {e["name"]: e.get("value") for e in pods[0]["spec"]["containers"][0]["env"]}
+    assert env[contract.ENV_RESTART_ATTEMPT] == "1"
+
+
+def test_all_workers_succeeded() -> None:
+    result = run(job(RUNNING), [pod(0, "Succeeded"), pod(1, "Succeeded")])
+    assert result.status["phase"] == "Succeeded"
+    assert cond(result, "Succeeded")["status"] == "True"
+    assert cond(result, "Ready")["status"] == "True"
+    assert result.status["completionTime"] == "2026-11-23T12:00:00Z"
+
+
+def test_one_worker_done_is_still_running() -> None:
+    result = run(job(RUNNING), [pod(0, "Succeeded"), pod(1)])
+    assert result.status["phase"] == "Pending"
+
+
+@pytest.mark.parametrize("phase", ["Succeeded", "Failed"])
+def test_terminal_phases_are_sticky(phase: str) -> None:
+    status = {**RUNNING, "phase": phase, "completionTime": "2026-11-23T11:30:00Z",
+              "conditions": [{"type": phase, "status": "True", "reason": "Because",
+                              "message": "it ended", "lastTransitionTime": "x"}]}
+    result = run(job(status), [pod(0, "Running")])
+    assert result.create == []
+    assert [p.name for p in result.delete_pods] == ["llm-worker-0"]
+    assert result.status["phase"] == phase
+    assert cond(result, phase)["reason"] == "Because"
+    assert run(job(status), []).create == []
+
+
+def test_suspend_deletes_workers_and_resets_the_clock() -> None:
+    result = run(job(RUNNING, suspend=True), [pod(0), pod(1)])
+    assert result.status["phase"] == "Suspended"
+    assert len(result.delete_pods) == 2 and result.create == []
+    assert "startTime" not in result.status
+    assert cond(result, "Suspended")["status"] == "True"
+
+
+def test_active_deadline() -> None:
+    status = {**RUNNING, "startTime": "2026-11-23T11:59:00Z"}
+    result = run(job(status, activeDeadlineSeconds=60), [pod(0), pod(1)])
+    assert result.status["phase"] == "Failed"
+    assert cond(result, "Failed")["reason"] == "DeadlineExceeded"
+    assert len(result.delete_pods) == 2
+
+    early = run(job(status, activeDeadlineSeconds=90), [pod(0), pod(1)])
+    assert early.status["phase"] == "Running"
+    assert early.requeue_after == pytest.approx(30)
+
+
+def test_ttl_after_finished() -> None:
+    done = {**RUNNING, "phase": "Succeeded", "completionTime": "2026-11-23T11:59:50Z"}
+    assert run(job(done, ttlSecondsAfterFinished=10), []).delete_job
+    later = run(job(done, ttlSecondsAfterFinished=30), [])
+    assert not later.delete_job
+    assert later.requeue_after == pytest.approx(20)
+
+
+def test_unschedulable_carries_the_schedulers_message() -> None:
+    message = "0/5 nodes are available: 4 Insufficient nvidia.com/gpu."
+    result = run(job(RUNNING), [pod(0, "Pending", unschedulable=message), pod(1)])
+    assert cond(result, "Unschedulable")["status"] == "True"
+    assert message in cond(result, "Unschedulable")["message"]
+    assert cond(result, "Running")["reason"] == "Unschedulable"
+
+
+def test_missing_references_stall_without_creating() -> None:
+    missing = ["spec.checkpoint.claimName: PersistentVolumeClaim ml/data does not exist"]
+    result = run(job(), [], missing_references=missing)
+    assert result.create == []
+    assert cond(result, "Stalled")["status"] == "True"
+    assert "ml/data" in cond(result, "Stalled")["message"]
+
+
+def test_invalid_spec_stalls_with_the_field() -> None:
+    result = run(job(workers=0), [])
+    assert result.create == []
+    assert cond(result, "Stalled")["reason"] == "InvalidSpec"
+    assert "spec.workers" in cond(result, "Stalled")["message"]
+
+
+def test_changed_pod_template_restarts_without_counting() -> None:
+    outdated = [pod(0, spec_hash="old"), pod(1, spec_hash="old")]
+    result = run(job(RUNNING), outdated)
+    assert result.status["restartAttempt"] == 1
+    assert result.status["restarts"] == 0
+    assert cond(result, "Restarting")["reason"] == "SpecChanged"
+
+
+def test_condition_transition_time_only_moves_on_change() -> None:
+    first = run(job(RUNNING), [pod(0), pod(1)])
+    later = run(job({**RUNNING, "conditions": first.status["conditions"]}), [pod(0), pod(1)],
+                now=NOW + timedelta(minutes=5))
+    assert cond(later, "Running")["lastTransitionTime"] == "2026-11-23T12:00:00Z"
+
+
+def test_progress_and_checkpoint_come_from_termination_messages() -> None:
+    record = {"step": 40, "loss": 2.5,
+              "checkpoint": {"step": 30, "path": "/checkpoints/step-00000030", "time": "t"}}
+    status = {**RUNNING, "checkpoint": {"step": 20, "path": "/checkpoints/step-00000020"}}
+    result = run(job(status), [pod(0, "Failed", exit_code=1, progress=record), pod(1)])
+    assert result.status["checkpoint"]["step"] == 30
+    assert result.status["progress"] == {"step": 40, "loss": 2.5}
+
+
+def test_pod_view_reads_the_trainer_container() -> None:
+    raw = {
+        "metadata": {"name": "llm-worker-1", "uid": "u", "labels": {
+            contract.LABEL_WORKER_INDEX: "1", contract.LABEL_RESTART_ATTEMPT: "2"}},
+        "status": {"phase": "Failed", "containerStatuses": [{
+            "name": contract.CONTAINER_NAME,
+            "state": {"terminated": {"exitCode": 137, "message": "OOM at step 9"}}}]},
+    }
+    view = pod_view(raw)
+    assert (view.index, view.attempt, view.exit_code) == (1, 2, 137)
+    assert view.progress is None  # a log tail, not the trainer's JSON record
