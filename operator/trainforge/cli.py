@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from trainforge.settings import Settings
 
@@ -64,6 +65,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--log-format", choices=("json", "plain"), default="json")
     run.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
+    local = commands.add_parser("local", help="run a TrainingJob on this machine").add_subparsers(
+        dest="local_command", required=True
+    )
+    local_run = local.add_parser(
+        "run",
+        help="run a TrainingJob manifest's workers as local processes, with the "
+        "operator's restart rules and a live progress bar",
+    )
+    local_run.add_argument("manifest", type=Path, help="a YAML file with one TrainingJob")
+    local_run.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="checkpoints and logs (default: .trainforge/<job name>)",
+    )
+    local_run.add_argument(
+        "--inject-failure",
+        type=int,
+        default=None,
+        metavar="STEP",
+        help="SIGKILL the last worker once training reaches STEP, to see "
+        "the whole gang restart from the last checkpoint",
+    )
     return parser
 
 
@@ -112,6 +137,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "run":
         return run_operator(args)
+    if args.command == "local":
+        from trainforge.local.run import run
+
+        return run(args.manifest, args.workdir, args.inject_failure)
     logging.error("unknown command %s", args.command)
     return 2
 

@@ -29,7 +29,6 @@ ENV_RANK = "RANK"
 ENV_LOCAL_RANK = "LOCAL_RANK"
 # Set with RANK when a worker runs one process, so plain `init_process_group("env://")` and
 # `torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))` work without torchrun.
-ENV_LOCAL_RANK = "LOCAL_RANK"
 ENV_NNODES = "NNODES"
 ENV_NODE_RANK = "NODE_RANK"
 ENV_NPROC_PER_NODE = "NPROC_PER_NODE"

@@ -158,7 +158,7 @@ async def trainingjob_changed_for_inference(
 ) -> None:
     """A job's status.checkpoint (or its existence) decides what its InferenceServices serve."""
     for service in inferenceservices_by_job.get((namespace, name), []):
-        pass
+        memo.inference_queue.add((namespace, service))
 
 
 @kopf.on.startup()

@@ -154,6 +154,15 @@ def test_service_from_a_pvc_becomes_ready(
     # The printer columns show what a user looks for first.
     row = kubectl("get", "infsvc", "chat", "-n", namespace, "--no-headers").stdout.split()
     assert row[:3] == ["chat", "True", "2"]
+    events = json.loads(
+        kubectl(
+            "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=chat",
+            "-o", "json",
+        ).stdout
+    )["items"]  # fmt: skip
+    reasons = [event["reason"] for event in events]
+    assert reasons.count("Created") == 1, reasons
+    assert "ModelLoaded" in reasons
 
 
 def test_kubectl_scale_changes_the_deployment(
@@ -408,3 +417,26 @@ def test_deleting_the_service_deletes_its_children(
         ),
         "the garbage collector to delete the children",
     )
+
+
+def test_a_child_the_api_server_rejects_stalls_with_its_message(
+    operator: Operator, kubectl: Kubectl, namespace: str
+) -> None:
+    apply(kubectl, namespace, claim("ckpt"))
+    overlay = {"spec": {"containers": [{"name": "server", "imagePullPolicy": "Sometimes"}]}}
+    apply(
+        kubectl,
+        namespace,
+        inference_service("rejected", model={"claimName": "ckpt"}, podTemplate=overlay),
+    )
+    svc = wait_condition(kubectl, namespace, "rejected", "Stalled", "True")
+    stalled = condition(svc, "Stalled")
+    assert stalled["reason"] == "ChildRejected"
+    assert "imagePullPolicy" in stalled["message"]
+    assert "fix spec.podTemplate" in stalled["message"]
+    assert get(kubectl, namespace, "deployment", "rejected") is None
+
+    kubectl("patch", "infsvc", "rejected", "-n", namespace, "--type=json",
+            "-p", '[{"op": "remove", "path": "/spec/podTemplate"}]')  # fmt: skip
+    svc = wait_ready(kubectl, namespace, "rejected")
+    assert condition(svc, "Stalled")["status"] == "False"

@@ -180,7 +180,7 @@ def operator_calls(cluster: Cluster, kubectl: Kubectl, release: Release,
     ]))
     token = kubectl("create", "token", SA, "-n", release.namespace, "--duration=1h").stdout
     server, ca = admin_server_and_ca(cluster.kubeconfig)
-    tmp = tmp_path_factory.mktemp("operator")
+    tmp = tmp_path_factory.mktemp("chart-rbac-operator")
     with RecordingProxy(server, ca, token.strip()) as proxy:
         operator = start_operator(plain_kubeconfig(tmp / "kubeconfig", proxy.url),
                                   tmp / "operator.log", f"--namespace={ns}",
@@ -232,6 +232,9 @@ def operator_calls(cluster: Cluster, kubectl: Kubectl, release: Release,
             kubectl("apply", "-n", ns, "-f", "-", input=inference_service(replicas=1))
             wait_for(lambda: not kubectl("get", "hpa,pdb", "-n", ns, "-o", "name").stdout.strip(),
                      "the HPA and PDB of a single-replica InferenceService to go")
+        except AssertionError as e:
+            operator.stop()
+            raise AssertionError(f"{e}\noperator log (end):\n{operator.logs()[-4000:]}") from None
         finally:
             operator.stop()
             kubectl("delete", "persistentvolume", *volumes, "--wait=false", check=False)

@@ -180,6 +180,15 @@ def load_model_for_inference(checkpoint: CommittedCheckpoint) -> nn.Module:
     return model.eval()
 
 
+@dataclass(frozen=True)
+class SaveTimes:
+    """Seconds of one save: from its start to the commit, of which writing and hashing."""
+
+    total: float
+    write: float
+    hash: float
+
+
 class Checkpointer:
     """Saves and restores the training state of all ranks; rank 0 commits and prunes."""
 
@@ -192,7 +201,7 @@ class Checkpointer:
         keep_last: int,
         async_save: bool,
         attempt: str,
-        on_commit: Callable[[CommittedCheckpoint, float], None],
+        on_commit: Callable[[CommittedCheckpoint, SaveTimes], None],
     ) -> None:
         self.directory = directory
         self.dist = dist_env
@@ -290,14 +299,20 @@ class Checkpointer:
         return {k: v for part in gathered for k, v in part.items()}
 
     def _commit(self, tmp: Path, step: int, started: float) -> None:
+        written = time.perf_counter()
         files = self._hash_files(tmp)
+        hashed = time.perf_counter()
         committed: CommittedCheckpoint | None = None
         if self.dist.is_main:
             committed = self._rename_into_place(tmp, step, files)
         # Every rank returns only once the checkpoint is committed (and learns where it is).
         committed = self.dist.broadcast_object(committed, self.dist.checkpoint_group)
         assert committed is not None
-        self.on_commit(committed, time.perf_counter() - started)
+        done = time.perf_counter()
+        self.on_commit(
+            committed,
+            SaveTimes(total=done - started, write=written - started, hash=hashed - written),
+        )
 
     def _rename_into_place(
         self, tmp: Path, step: int, files: dict[str, dict[str, Any]]

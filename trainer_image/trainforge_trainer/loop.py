@@ -41,7 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 from trainforge import contract
 from trainforge_trainer import checkpoint, distributed, logs
 from trainforge_trainer import config as config_mod
-from trainforge_trainer.checkpoint import Checkpointer, CommittedCheckpoint
+from trainforge_trainer.checkpoint import Checkpointer, CommittedCheckpoint, SaveTimes
 from trainforge_trainer.config import ConfigError, TrainerConfig
 from trainforge_trainer.data import DataPosition, TrainStream, eval_loader
 from trainforge_trainer.metrics import Progress, TrainerMetrics, serve, termination_message_path
@@ -276,22 +276,25 @@ class Trainer:
         set_model_state_dict(self.model, model_state)
         logs.event("initialized_from", path=str(found.path), step=found.step)
 
-    def _on_commit(self, committed: CommittedCheckpoint, seconds: float | None) -> None:
+    def _on_commit(self, committed: CommittedCheckpoint, times: SaveTimes | None) -> None:
+        """After a save commits (times) or a resume from a committed checkpoint (None)."""
         if self.metrics is not None:
             self.metrics.last_committed_step.set(committed.step)
-            if seconds is not None:
-                self.metrics.checkpoint_seconds.observe(seconds)
+            if times is not None:
+                self.metrics.checkpoint_seconds.observe(times.total)
                 self.metrics.checkpoint_bytes.set(committed.manifest["bytes"])
                 self.metrics.checkpoint_bytes_total.inc(committed.manifest["bytes"])
         self.progress.update(checkpoint=committed.record())
         self.progress.write()
-        if seconds is not None:
+        if times is not None:
             logs.event(
                 "checkpoint_committed",
                 step=committed.step,
                 path=str(committed.path),
-                seconds=round(seconds, 3),
                 bytes=committed.manifest["bytes"],
+                seconds=round(times.total, 3),
+                writeSeconds=round(times.write, 3),
+                hashSeconds=round(times.hash, 3),
             )
 
     def _save(self) -> None:

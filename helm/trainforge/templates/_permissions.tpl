@@ -1,13 +1,13 @@
 {{/*
 The operator's API permissions: the one list both the ClusterRole (scope all) and the
 per-namespace Roles render. Least privilege: every verb below is a call the operator makes;
-the comment on each rule names the caller. tests/helm/test_rbac.py checks the list against
-the calls a real operator run makes, and docs/install.md explains it for reviewers.
+the comment on each rule names the caller. tests/helm/test_install.py compares the list with
+the calls a real operator run makes (and `kubectl auth can-i`); docs/install.md explains it.
 
-Deliberately NOT granted:
-- customresourcedefinitions (list/watch) and namespaces (list/watch): kopf tries them to
-  notice new CRDs and namespaces at runtime, logs a warning when forbidden, and keeps serving
-  the resources and namespaces it found at startup.
+Deliberately NOT granted (cluster-wide reads a namespaced install should not need):
+- customresourcedefinitions and namespaces (list/watch): kopf uses them to notice new CRDs
+  and namespaces at runtime; when forbidden it logs a warning and serves the resources and
+  namespaces it found at startup.
 - kopf's own Events: the operator disables kopf's event posting and records its own.
 */}}
 {{- define "trainforge.rules" -}}
@@ -40,26 +40,30 @@ Deliberately NOT granted:
   resources: [pods]
   verbs: [list, watch, create, delete]
 # Services: the TrainingJob's headless Service (create); the InferenceService's Service,
-# reconciled like its other children (next rule).
+# applied like its Deployment (next rules). Neither is ever deleted by the operator: garbage
+# collection removes them with their owner.
 - apiGroups: [""]
   resources: [services]
-  verbs: [get, list, watch, create, patch, delete]
-# The checkpoint PVC of spec.checkpoint.volumeClaimTemplate (create), and the existence check
-# of spec.checkpoint.claimName (get), which turns a missing claim into a Stalled condition.
+  verbs: [get, list, watch, create, patch]
+# The checkpoint PVC of spec.checkpoint.volumeClaimTemplate (create), and the existence
+# check of a TrainingJob's checkpoint.claimName or an InferenceService's model claim (get),
+# which turns a missing claim into a Stalled condition.
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
   verbs: [get, create]
-# Events shown by `kubectl describe` (gang restarted, job failed, succeeded, suspended).
+# Events shown by `kubectl describe` (gang restarted, job failed or succeeded, Deployment
+# created or updated).
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
-# InferenceService children: Deployment, HPA (spec.autoscaling), PDB (more than one replica).
-# kopf lists + watches them (by label); the operator server-side applies them (patch, and
-# create when the apply makes a new object), reads one before taking over its name (get),
-# and deletes the HPA / PDB when the spec no longer asks for them.
+# InferenceService children. kopf lists + watches them (by label); the operator
+# server-side applies them (patch, and create when the apply makes a new object) and reads
+# one before taking over its name (get). The Deployment always exists while its owner does;
+# the HPA (spec.autoscaling) and PDB (more than one replica) are deleted when the spec no
+# longer asks for them.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch, delete]
+  verbs: [get, list, watch, create, patch]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [get, list, watch, create, patch, delete]

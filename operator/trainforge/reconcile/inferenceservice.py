@@ -103,9 +103,10 @@ class Observed:
     claim_exists: bool | None = None
     # Children controlled by this service (other objects are filtered out by the runner).
     children: list[ChildView] = field(default_factory=list)
-    # "Kind ns/name: …" for children whose name is taken by an object this service does not
-    # control: never adopted, reported instead.
-    conflicts: list[str] = field(default_factory=list)
+    # (reason, message) for children the runner could not apply: their name is taken by an
+    # object this service does not control (never adopted), or the API server rejected them
+    # (e.g. an invalid podTemplate or autoscaling metric).
+    blocked: list[tuple[str, str]] = field(default_factory=list)
     # kind -> spec hash of children applied recently that the watch does not show yet; not
     # applied again (nor announced twice) while they are on their way.
     in_flight: dict[str, str] = field(default_factory=dict)
@@ -285,25 +286,21 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
         wanted = _hash(manifest)
         if (have is None or have.spec_hash != wanted) and obs.in_flight.get(kind) != wanted:
             result.apply.append(manifest)
-            if kind == "Deployment":
-                verb = "Created" if have is None else "Updated"
-                result.events.append(("Normal", verb, f"{verb.lower()} Deployment {name}"))
-    if obs.conflicts:
-        result.requeue_after = 10.0
+    if obs.blocked:
+        result.requeue_after = 10.0  # try again: the user may fix it without touching us
 
     want = spec.desired_replicas
     dep_hash = _hash(desired.deployment)
     ready = _readiness(name, deployment, rollout, dep_hash, want)
     loaded = _model_loaded(spec, resolution, rollout, want)
-    stuck = [rollout.stuck_message] if rollout and rollout.stuck_message else []
-    problems = obs.conflicts + stuck
+    problems = list(obs.blocked)
+    if rollout and rollout.stuck_message:
+        problems.append(("ProgressDeadlineExceeded", rollout.stuck_message))
     stalled = Cond(
         STALLED,
         bool(problems),
-        ("NameConflict" if obs.conflicts else "ProgressDeadlineExceeded")
-        if problems
-        else "NotStalled",
-        "; ".join(problems),
+        problems[0][0] if problems else "NotStalled",
+        "; ".join(message for _, message in problems),
     )
     return finish(_kstatus(ready, loaded, stalled))
 

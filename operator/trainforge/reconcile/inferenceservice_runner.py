@@ -4,7 +4,8 @@ As for TrainingJobs, two memories bridge the lag of the watch caches behind our 
 the status this operator last wrote (it is the only writer), and the children it applied that
 the indexes do not show yet. Children are applied server-side (they are mutable); a child
 that is missing from the indexes is looked up before it is created, so an object of the same
-name that belongs to someone else is reported, never taken over.
+name that belongs to someone else is reported, never taken over. A child the API server
+rejects (an invalid podTemplate overlay, say) is reported too, never retried in a tight loop.
 """
 
 from __future__ import annotations
@@ -55,8 +56,8 @@ class Memory:
     written_status: dict[str, Any] | None = None
     # kind -> (spec hash, monotonic time) of children applied but not yet seen.
     applied: dict[str, tuple[str, float]] = field(default_factory=dict)
-    # kind -> message for children whose name another object holds.
-    conflicts: dict[str, str] = field(default_factory=dict)
+    # kind -> (reason, message) for children that could not be applied.
+    blocked: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 class InferenceServiceRunner:
@@ -110,13 +111,13 @@ class InferenceServiceRunner:
             job=job,
             claim_exists=claim_exists,
             children=children,
-            conflicts=list(memory.conflicts.values()),
+            blocked=list(memory.blocked.values()),
             in_flight=self._in_flight(children, memory),
         )
         result = plan(observed, self._settings)
         self._apply(service, result, memory, {child.kind for child in children})
-        if memory.conflicts and not observed.conflicts:
-            return 0.5  # report the conflict just found
+        if memory.blocked and not observed.blocked:
+            return 0.5  # report the problem just found
         return result.requeue_after
 
     def _model_source(self, service: dict[str, Any]) -> tuple[dict[str, Any] | None, bool | None]:
@@ -163,8 +164,21 @@ class InferenceServiceRunner:
             kind = manifest["kind"]
             if kind not in present and not self._name_is_free(manifest, meta["uid"], memory):
                 continue
-            kube.apply(manifest)
-            memory.conflicts.pop(kind, None)
+            try:
+                kube.apply(manifest)
+            except kube.KubeError as e:
+                if e.status not in (400, 422):
+                    raise
+                memory.blocked[kind] = (
+                    "ChildRejected",
+                    f"the API server rejected {kind} {namespace}/{name}: {e.message}; fix "
+                    "spec.podTemplate or spec.autoscaling.metrics",
+                )
+                continue
+            memory.blocked.pop(kind, None)
+            if kind == "Deployment":  # announced once it happened, not each time it is tried
+                verb = "Updated" if kind in present else "Created"
+                kube.emit_event(service, "Normal", verb, f"{verb.lower()} Deployment {name}")
             spec_hash = manifest["metadata"]["annotations"][contract.ANNOTATION_SPEC_HASH]
             memory.applied[kind] = (spec_hash, time.monotonic())
         for child in result.delete:
@@ -183,12 +197,12 @@ class InferenceServiceRunner:
         existing = kube.get(kube.Ref(manifest["apiVersion"], kind, meta["namespace"], meta["name"]))
         owners = (existing or {}).get("metadata", {}).get("ownerReferences", [])
         if existing is None or any(o.get("uid") == uid and o.get("controller") for o in owners):
-            memory.conflicts.pop(kind, None)
             return True
-        memory.conflicts[kind] = (
+        memory.blocked[kind] = (
+            "NameConflict",
             f"{kind} {meta['namespace']}/{meta['name']} already exists and is not controlled "
             "by this InferenceService; delete it or choose another name (children of a "
-            "deleted InferenceService of the same name disappear on their own)"
+            "deleted InferenceService of the same name disappear on their own)",
         )
         return False
 
