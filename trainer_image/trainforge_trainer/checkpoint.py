@@ -46,6 +46,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
+from torch.distributed.checkpoint.state_dict_saver import AsyncSaveResponse
 
 from trainforge import contract
 from trainforge_trainer import config as config_mod
@@ -212,10 +213,13 @@ class Checkpointer:
         self.on_commit = on_commit
         self.last_saved_step: int | None = None
         self._pending: Future[None] | None = None
+        self._staging: Future[None] | None = None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
-        # One stager for the whole run: it keeps its CPU staging buffers between saves.
+        # One stager for the whole run: it keeps its CPU staging buffers between saves. It
+        # copies in the background too; the loop calls wait_staged() before it next changes
+        # the state, so the copy overlaps the forward and backward pass.
         self._stager = (
-            DefaultStager(StagingOptions(False, False, False, False)) if async_save else None
+            DefaultStager(StagingOptions(False, False, True, False)) if async_save else None
         )
 
     def clean_stale(self) -> None:
@@ -250,11 +254,14 @@ class Checkpointer:
         group = self.dist.checkpoint_group
         logs.event("checkpoint_save_started", step=step, path=str(tmp), mode=self._mode)
         if self._stager is not None:
-            upload = dcp.async_save(
+            response = dcp.async_save(
                 state, storage_writer=writer, process_group=group, async_stager=self._stager
             )
-            assert isinstance(upload, Future)
-            self._pending = self._executor.submit(self._commit_after, upload, tmp, step, started)
+            assert isinstance(response, AsyncSaveResponse)
+            self._staging = response.staging_completion
+            self._pending = self._executor.submit(
+                self._commit_after, response.upload_completion, tmp, step, started
+            )
         else:
             dcp.save(state, storage_writer=writer, process_group=group)
             self._commit(tmp, step, started)
@@ -265,8 +272,16 @@ class Checkpointer:
     def _mode(self) -> str:
         return "async" if self.async_save else "sync"
 
+    def wait_staged(self) -> None:
+        """Block until the save in flight has its own copy of the state (call before changing
+        parameters, optimizer state or buffers)."""
+        if self._staging is not None:
+            staging, self._staging = self._staging, None
+            staging.result()
+
     def wait(self) -> None:
         """Block until the save in flight (if any) is committed; re-raise its failure."""
+        self.wait_staged()
         if self._pending is not None:
             pending, self._pending = self._pending, None
             pending.result()

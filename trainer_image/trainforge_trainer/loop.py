@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 import numpy as np
 import torch
@@ -98,6 +99,13 @@ def _shard(model: nn.Module, world_size: int, device: torch.device, precision: s
     return model
 
 
+def _num_workers(cfg: TrainerConfig) -> int:
+    # An entrypoint's `data` is its own free-form mapping; numWorkers is the one key we read.
+    if isinstance(cfg.data, dict):
+        return int(cfg.data.get("numWorkers", 0))
+    return cfg.data.numWorkers
+
+
 class Trainer:
     def __init__(
         self,
@@ -137,9 +145,7 @@ class Trainer:
             rank=self.dist.rank,
             world_size=self.dist.world_size,
             seed=cfg.seed,
-            num_workers=cfg.data.get("numWorkers", 0)
-            if isinstance(cfg.data, dict)
-            else cfg.data.numWorkers,
+            num_workers=_num_workers(cfg),
             pin_memory=on_gpu,
         )
         self.step = 0
@@ -167,6 +173,8 @@ class Trainer:
             on_commit=self._on_commit,
         )
         self._last_save_time = time.monotonic()
+        # Training-mode forward passes update buffers such as BatchNorm statistics.
+        self._buffers_change_in_forward = any(True for _ in self.model.buffers())
 
     # --- setup ----------------------------------------------------------------------------
 
@@ -192,7 +200,7 @@ class Trainer:
         ]
         return torch.optim.AdamW(groups, lr=self.cfg.lr)
 
-    def _serve_metrics(self) -> Any:
+    def _serve_metrics(self) -> WSGIServer | None:
         port = self.env.get(contract.ENV_METRICS_PORT)
         if self.metrics is None or not port:
             return None
@@ -326,6 +334,8 @@ class Trainer:
         accum = self.cfg.gradAccumSteps
         total = torch.zeros((), device=self.device)
         waited = 0.0
+        if self._buffers_change_in_forward:
+            self.checkpointer.wait_staged()
         for micro in range(accum):
             t = time.perf_counter()
             inputs, targets = next(self.stream)
@@ -336,6 +346,8 @@ class Trainer:
                 loss = self.recipe.loss(self.model(inputs), targets) / accum
             self.scaler.scale(loss).backward()
             total += loss.detach()
+        # An asynchronous save may still be copying the weights: they change from here on.
+        self.checkpointer.wait_staged()
         if self.cfg.gradClip > 0:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.gradClip)

@@ -258,6 +258,8 @@ class LocalRun:
         bar.update(task, total=total, completed=progress.get("step", 0), stats="  ".join(stats))
 
     def report(self) -> None:
+        """The final status, as a table and as status.json (what the operator would write)."""
+        (self.workdir / "status.json").write_text(json.dumps(self.status, indent=2))
         table = Table(title=f"TrainingJob {self.name}", show_header=False)
         status = self.status
         failed = next(

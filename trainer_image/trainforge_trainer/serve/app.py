@@ -75,6 +75,7 @@ class InferenceServer:
             settings.max_batch_size,
             settings.max_batch_delay_ms / 1000,
             observe=self._on_batch,
+            thread_setup=self._limit_torch_threads,
         )
         self.draining = False
         self.in_flight = 0
@@ -158,6 +159,12 @@ class InferenceServer:
         self.metrics.compute_seconds.observe(seconds)
         for wait in waits:
             self.metrics.queue_seconds.observe(wait)
+
+    def _limit_torch_threads(self) -> None:
+        # OpenMP's thread count is per calling thread: set on the inference thread itself,
+        # or its forwards start a team of one spinning thread per core.
+        if self.settings.torch_threads:
+            torch.set_num_threads(self.settings.torch_threads)
 
     def _run_batch(self, merged: np.ndarray) -> tuple[np.ndarray, ServedModel]:
         # Read the reference once: the whole batch runs on one model even if a reload lands.

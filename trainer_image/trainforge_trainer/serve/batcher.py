@@ -44,6 +44,7 @@ class DynamicBatcher:
         max_batch_size: int,
         max_delay_seconds: float,
         observe: BatchObserver = lambda _rows, _waits, _seconds: None,
+        thread_setup: Callable[[], None] | None = None,
     ) -> None:
         self._run = run
         self.max_batch_size = max_batch_size
@@ -52,7 +53,9 @@ class DynamicBatcher:
         self._pending: deque[_Pending] = deque()
         self._arriving = 0
         self._wake = asyncio.Event()
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self._executor = ThreadPoolExecutor(
+            1, thread_name_prefix="inference", initializer=thread_setup
+        )
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:

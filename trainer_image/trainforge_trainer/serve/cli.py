@@ -27,12 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _serve(settings: ServeSettings) -> int:
     # Imported here: torch loads in seconds, and a bad flag should fail before that.
-    import torch
-
     from trainforge_trainer.serve.app import InferenceServer
-
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
 
     loop = asyncio.get_running_loop()
     stopping: asyncio.Future[signal.Signals] = loop.create_future()
