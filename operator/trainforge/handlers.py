@@ -26,6 +26,7 @@ from trainforge.workqueue import WorkQueue
 
 logger = logging.getLogger(__name__)
 
+POD_EVENT_DELAY_SECONDS = 0.2
 WORKER_LABELS = {
     contract.LABEL_MANAGED_BY: contract.MANAGED_BY,
     contract.LABEL_JOB_NAME: kopf.PRESENT,
@@ -65,7 +66,11 @@ async def trainingjob_changed(
 async def trainingjob_pod_changed(
     namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any
 ) -> None:
-    memo.trainingjob_queue.add((namespace, labels[contract.LABEL_JOB_NAME]))
+    # Pods of a gang change together (scheduled, started, ended within milliseconds): a short
+    # delay folds their events into one reconcile and one status write.
+    memo.trainingjob_queue.add_after(
+        (namespace, labels[contract.LABEL_JOB_NAME]), POD_EVENT_DELAY_SECONDS
+    )
 
 
 # --- InferenceServices --------------------------------------------------------------------

@@ -285,10 +285,9 @@ def test_auth_can_i_confirms_each_grant_and_nothing_more(kubectl: Kubectl,
     grants = granted(chart_role(kubectl, release))
     refused = [str(p) for p in grants if not can_i(kubectl, release, p, release.watched)]
     assert not refused, f"granted in the Role but refused: {refused}"
-    # Outside the watched namespace, and beyond the operator's calls, nothing.
-    beyond = [Permission("", "pods", "create"), Permission("", "secrets", "get"),
-              Permission("", "pods", "patch"), Permission("trainforge.io", "trainingjobs",
-                                                          "update"),
+    # Nothing in the operator's own namespace, and nothing beyond its calls anywhere.
+    beyond = [Permission("", "secrets", "get"), Permission("", "pods", "patch"),
+              Permission("trainforge.io", "trainingjobs", "update"),
               Permission("", "persistentvolumeclaims", "delete"),
               Permission("", "namespaces", "list")]
     allowed = [f"{p} in {ns}" for p in beyond for ns in (release.watched, release.namespace)
@@ -301,7 +300,7 @@ def test_auth_can_i_confirms_each_grant_and_nothing_more(kubectl: Kubectl,
 def test_install_notes_show_a_first_trainingjob(release: Release) -> None:
     notes = release.install_output[release.install_output.index("NOTES:"):]
     assert f"kubectl apply -n {release.watched} -f -" in notes
-    manifest = yaml.safe_load(notes.split("<<'YAML'\n", 1)[1].split("  YAML\n", 1)[0])
+    manifest = yaml.safe_load(notes.split(" -f -\n", 1)[1].split("  YAML\n", 1)[0])
     assert (manifest["kind"], manifest["spec"]["workers"]) == ("TrainingJob", 2)
 
 

@@ -203,6 +203,7 @@ class Checkpointer:
         async_save: bool,
         attempt: str,
         on_commit: Callable[[CommittedCheckpoint, SaveTimes], None],
+        on_blocked: Callable[[float], None] = lambda seconds: None,
     ) -> None:
         self.directory = directory
         self.dist = dist_env
@@ -211,6 +212,8 @@ class Checkpointer:
         self.async_save = async_save
         self.attempt = attempt
         self.on_commit = on_commit
+        # Seconds the training loop waited for checkpointing (in save() and wait_staged()).
+        self.on_blocked = on_blocked
         self.last_saved_step: int | None = None
         self._pending: Future[None] | None = None
         self._staging: Future[None] | None = None
@@ -243,8 +246,8 @@ class Checkpointer:
     def load(self, checkpoint: CommittedCheckpoint, state: dict[str, Any]) -> None:
         dcp.load(state, checkpoint_id=checkpoint.path, process_group=self.dist.checkpoint_group)
 
-    def save(self, step: int, state: dict[str, Any]) -> float:
-        """Start (async) or do (sync) a save of `state` at `step`; returns seconds blocked."""
+    def save(self, step: int, state: dict[str, Any]) -> None:
+        """Start (async) or do (sync) a save of `state` at `step`."""
         started = time.perf_counter()
         self.wait()
         tmp = self.directory / (
@@ -266,7 +269,7 @@ class Checkpointer:
             dcp.save(state, storage_writer=writer, process_group=group)
             self._commit(tmp, step, started)
         self.last_saved_step = step
-        return time.perf_counter() - started
+        self.on_blocked(time.perf_counter() - started)
 
     @property
     def _mode(self) -> str:
@@ -276,8 +279,10 @@ class Checkpointer:
         """Block until the save in flight has its own copy of the state (call before changing
         parameters, optimizer state or buffers)."""
         if self._staging is not None:
+            started = time.perf_counter()
             staging, self._staging = self._staging, None
             staging.result()
+            self.on_blocked(time.perf_counter() - started)
 
     def wait(self) -> None:
         """Block until the save in flight (if any) is committed; re-raise its failure."""

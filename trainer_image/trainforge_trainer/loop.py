@@ -171,6 +171,7 @@ class Trainer:
             async_save=cfg.checkpoint.async_,
             attempt=env.get(contract.ENV_RESTART_ATTEMPT, "0"),
             on_commit=self._on_commit,
+            on_blocked=self._on_checkpoint_blocked,
         )
         self._last_save_time = time.monotonic()
         # Training-mode forward passes update buffers such as BatchNorm statistics.
@@ -305,13 +306,15 @@ class Trainer:
                 hashSeconds=round(times.hash, 3),
             )
 
+    def _on_checkpoint_blocked(self, seconds: float) -> None:
+        if self.metrics is not None:
+            self.metrics.checkpoint_blocking_seconds.inc(seconds)
+
     def _save(self) -> None:
         if self.checkpointer.last_saved_step == self.step:
             return
-        blocked = self.checkpointer.save(self.step, self._state())
+        self.checkpointer.save(self.step, self._state())
         self._last_save_time = time.monotonic()
-        if self.metrics is not None:
-            self.metrics.checkpoint_blocking_seconds.observe(blocked)
 
     # --- steps ----------------------------------------------------------------------------
 

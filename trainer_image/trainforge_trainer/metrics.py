@@ -71,10 +71,9 @@ class TrainerMetrics:
             buckets=_CKPT_BUCKETS,
             registry=r,
         )
-        self.checkpoint_blocking_seconds = Histogram(
+        self.checkpoint_blocking_seconds = Counter(
             p + "checkpoint_blocking_seconds",
-            "Time a save kept the training loop waiting.",
-            buckets=_CKPT_BUCKETS,
+            "Time the training loop waited for checkpointing (rate: fraction of time).",
             registry=r,
         )
         self.checkpoint_bytes = Gauge(
