@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CLUSTER := python3 hack/cluster/cluster.py
 PYTEST_ARGS ?=
 
-.PHONY: help setup test lint fmt unit crds cluster-build cluster-up cluster-down cluster-status demo bench
+.PHONY: help setup system-deps test lint fmt unit crds cluster-build cluster-up cluster-down cluster-status demo bench
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -32,6 +32,9 @@ fmt: setup ## format and autofix
 crds: setup ## regenerate crds/ (and the chart's copy) from the pydantic models
 	$(PY) -m trainforge.api.crdgen
 
+system-deps: ## Debian packages the tests use (etcd, lua5.4, prometheus), when missing
+	bash hack/install-system-deps.sh
+
 cluster-build: ## build the control-plane binaries into the cache (once per version)
 	bash hack/cluster/build.sh
 
@@ -47,5 +50,5 @@ cluster-status: ## show the local control plane's processes and nodes
 unit: setup ## fast tests only (no cluster, no multi-process torch)
 	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
 
-test: setup cluster-build lint ## everything CI runs: lint, unit, trainer, cluster and helm tests
+test: setup system-deps cluster-build lint ## everything CI runs: lint, unit, trainer, cluster and helm tests
 	$(BIN)/pytest -q -ra tests $(PYTEST_ARGS)
