@@ -50,5 +50,8 @@ cluster-status: ## show the local control plane's processes and nodes
 unit: setup ## fast tests only (no cluster, no multi-process torch)
 	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
 
+demo: setup ## train examples/trainingjob-cpu.yaml locally, serve it, query it (no cluster)
+	$(PY) hack/demo.py
+
 test: setup system-deps cluster-build lint ## everything CI runs: lint, unit, trainer, cluster and helm tests
 	$(BIN)/pytest -q -ra tests $(PYTEST_ARGS)

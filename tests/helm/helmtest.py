@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
+
 from kubetest import REPO
 
 CHART = REPO / "helm" / "trainforge"
@@ -27,18 +28,25 @@ CHART = REPO / "helm" / "trainforge"
 KUBE_VERSION = "1.33.0"
 
 
-def run_helm(helm: Path, *args: str, check: bool = True,
-             kubeconfig: Path | None = None) -> subprocess.CompletedProcess[str]:
+def run_helm(
+    helm: Path, *args: str, check: bool = True, kubeconfig: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     env_args = [f"--kubeconfig={kubeconfig}"] if kubeconfig else []
     with tempfile.TemporaryDirectory() as home:
         # A private helm home: no repositories or plugins of the machine leak in.
-        env = {"HELM_CACHE_HOME": f"{home}/cache", "HELM_CONFIG_HOME": f"{home}/config",
-               "HELM_DATA_HOME": f"{home}/data", "PATH": "/usr/bin:/bin"}
-        result = subprocess.run([str(helm), *args, *env_args], capture_output=True, text=True,
-                                env=env, timeout=180)
+        env = {
+            "HELM_CACHE_HOME": f"{home}/cache",
+            "HELM_CONFIG_HOME": f"{home}/config",
+            "HELM_DATA_HOME": f"{home}/data",
+            "PATH": "/usr/bin:/bin",
+        }
+        result = subprocess.run(
+            [str(helm), *args, *env_args], capture_output=True, text=True, env=env, timeout=180
+        )
     if check and result.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed ({result.returncode}):\n"
-                             f"{result.stderr}{result.stdout}")
+        raise AssertionError(
+            f"helm {' '.join(args)} failed ({result.returncode}):\n{result.stderr}{result.stdout}"
+        )
     return result
 
 
@@ -48,10 +56,22 @@ def values_args(values: dict[str, Any], tmp: Path) -> list[str]:
     return [f"--values={path}"]
 
 
-def render(helm: Path, values: dict[str, Any], tmp: Path, namespace: str = "trainforge",
-           release: str = "tf") -> list[dict[str, Any]]:
-    out = run_helm(helm, "template", release, str(CHART), f"--namespace={namespace}",
-                   f"--kube-version={KUBE_VERSION}", *values_args(values, tmp)).stdout
+def render(
+    helm: Path,
+    values: dict[str, Any],
+    tmp: Path,
+    namespace: str = "trainforge",
+    release: str = "tf",
+) -> list[dict[str, Any]]:
+    out = run_helm(
+        helm,
+        "template",
+        release,
+        str(CHART),
+        f"--namespace={namespace}",
+        f"--kube-version={KUBE_VERSION}",
+        *values_args(values, tmp),
+    ).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
@@ -60,6 +80,7 @@ def find(docs: Iterable[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 
 # --- permissions ------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True, order=True)
 class Permission:
@@ -109,12 +130,13 @@ class Call:
             return set()
         if rest[0] == "namespaces" and len(rest) >= 3:
             rest = rest[2:]
-        resource, name, sub = (rest + ["", ""])[:3]
+        resource, name, sub = [*rest, "", ""][:3]
         resource = f"{resource}/{sub}" if sub else resource
         query = parse_qs(self.query)
         verb = {
-            "GET": "get" if name else ("watch" if query.get("watch") in (["true"], ["1"])
-                                       else "list"),
+            "GET": "get"
+            if name
+            else ("watch" if query.get("watch") in (["true"], ["1"]) else "list"),
             "POST": "create",
             "PUT": "update",
             "PATCH": "patch",
@@ -149,22 +171,24 @@ class RecordingProxy:
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
-                headers = {k: v for k, v in self.headers.items()
-                           if k.lower() not in ("host", "authorization", "connection")}
+                headers = {
+                    k: v
+                    for k, v in self.headers.items()
+                    if k.lower() not in ("host", "authorization", "connection")
+                }
                 headers["Authorization"] = f"Bearer {token}"
-                conn = http.client.HTTPSConnection(upstream.hostname, upstream.port,
-                                                   context=context, timeout=330)
+                conn = http.client.HTTPSConnection(
+                    upstream.hostname, upstream.port, context=context, timeout=330
+                )
                 try:
                     conn.request(self.command, self.path, body=body, headers=headers)
                     response = conn.getresponse()
                     split = urlsplit(self.path)
                     with lock:
-                        calls.append(Call(self.command, split.path, split.query,
-                                          response.status))
+                        calls.append(Call(self.command, split.path, split.query, response.status))
                     self.send_response(response.status)
                     for key, value in response.getheaders():
-                        if key.lower() not in ("transfer-encoding", "connection",
-                                               "content-length"):
+                        if key.lower() not in ("transfer-encoding", "connection", "content-length"):
                             self.send_header(key, value)
                     self.send_header("Transfer-Encoding", "chunked")
                     self.end_headers()
@@ -210,10 +234,16 @@ def admin_server_and_ca(kubeconfig: Path) -> tuple[str, bytes]:
 
 def plain_kubeconfig(path: Path, server: str) -> Path:
     """A kubeconfig for `server` without credentials (the proxy adds them)."""
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "proxy",
-        "clusters": [{"name": "proxy", "cluster": {"server": server}}],
-        "users": [{"name": "proxy", "user": {}}],
-        "contexts": [{"name": "proxy", "context": {"cluster": "proxy", "user": "proxy"}}],
-    }))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "proxy",
+                "clusters": [{"name": "proxy", "cluster": {"server": server}}],
+                "users": [{"name": "proxy", "user": {}}],
+                "contexts": [{"name": "proxy", "context": {"cluster": "proxy", "user": "proxy"}}],
+            }
+        )
+    )
     return path

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import pytest
+
 from kubetest import REPO
 
 LUA = shutil.which("lua5.4")
@@ -30,91 +30,161 @@ def to_lua(value: Any) -> str:
     if value is None:
         return "nil"
     # Lua's \ddd escapes (always three digits, so a following digit is not swallowed).
-    escaped = "".join(c if c.isprintable() and c not in '"\\'
-                      else "".join(f"\\{b:03d}" for b in c.encode()) for c in str(value))
+    escaped = "".join(
+        c if c.isprintable() and c not in '"\\' else "".join(f"\\{b:03d}" for b in c.encode())
+        for c in str(value)
+    )
     return f'"{escaped}"'
 
 
 def health(script: str, obj: dict[str, Any]) -> tuple[str, str]:
     """Run the health script as Argo CD does: `obj` global, the script's return value read."""
-    program = (f"obj = {to_lua(obj)}\n"
-               f"local hs = (function()\n{(REPO / 'docs' / script).read_text()}\nend)()\n"
-               'io.write(hs.status, "\\n", hs.message or "")\n')
-    result = subprocess.run([str(LUA), "-"], input=program, capture_output=True, text=True,
-                            timeout=30)
+    program = (
+        f"obj = {to_lua(obj)}\n"
+        f"local hs = (function()\n{(REPO / 'docs' / script).read_text()}\nend)()\n"
+        'io.write(hs.status, "\\n", hs.message or "")\n'
+    )
+    result = subprocess.run(
+        [str(LUA), "-"], input=program, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stderr
     status, _, message = result.stdout.partition("\n")
     return status, message
 
 
 def cond(type_: str, status: bool, reason: str = "", message: str = "") -> dict[str, Any]:
-    return {"type": type_, "status": "True" if status else "False", "reason": reason,
-            "message": message, "lastTransitionTime": "2026-11-23T10:00:00Z",
-            "observedGeneration": 1}
+    return {
+        "type": type_,
+        "status": "True" if status else "False",
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": "2026-11-23T10:00:00Z",
+        "observedGeneration": 1,
+    }
 
 
-def job(phase: str | None, *conditions: dict[str, Any], generation: int = 1,
-        observed: int | None = 1) -> dict[str, Any]:
-    obj: dict[str, Any] = {"apiVersion": "trainforge.io/v1alpha1", "kind": "TrainingJob",
-                           "metadata": {"name": "llm", "namespace": "ml",
-                                        "generation": generation}}
+def job(
+    phase: str | None, *conditions: dict[str, Any], generation: int = 1, observed: int | None = 1
+) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": "trainforge.io/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": "llm", "namespace": "ml", "generation": generation},
+    }
     if phase is not None:
-        obj["status"] = {"phase": phase, "conditions": list(conditions),
-                         "workers": {"total": 2, "running": 2}, "restarts": 0}
+        obj["status"] = {
+            "phase": phase,
+            "conditions": list(conditions),
+            "workers": {"total": 2, "running": 2},
+            "restarts": 0,
+        }
         if observed is not None:
             obj["status"]["observedGeneration"] = observed
     return obj
 
 
-def kstatus(ready: bool, reconciling: bool, stalled: bool, phase: str,
-            message: str = "") -> list[dict[str, Any]]:
-    return [cond("Ready", ready, phase, message),
-            cond("Reconciling", reconciling, phase, message if reconciling else ""),
-            cond("Stalled", stalled, "Failed" if stalled else "NotStalled",
-                 message if stalled else "")]
+def kstatus(
+    ready: bool, reconciling: bool, stalled: bool, phase: str, message: str = ""
+) -> list[dict[str, Any]]:
+    return [
+        cond("Ready", ready, phase, message),
+        cond("Reconciling", reconciling, phase, message if reconciling else ""),
+        cond("Stalled", stalled, "Failed" if stalled else "NotStalled", message if stalled else ""),
+    ]
 
 
 TRAININGJOBS = {
     "new, no status yet": (job(None), "Progressing", "Waiting for the trainforge operator"),
     "spec changed, not observed yet": (
         job("Running", *kstatus(True, False, False, "Running"), generation=2, observed=1),
-        "Progressing", "Waiting for the operator to observe generation 2"),
+        "Progressing",
+        "Waiting for the operator to observe generation 2",
+    ),
     "pending, unschedulable": (
-        job("Pending", cond("Running", False, "Unschedulable",
-                            "llm-worker-0: 0/5 nodes are available: 4 Insufficient nvidia.com/gpu"),
-            *kstatus(False, True, False, "Pending", "0/2 workers running")),
-        "Progressing", "Pending: llm-worker-0: 0/5 nodes are available: 4 Insufficient "
-                       "nvidia.com/gpu"),
+        job(
+            "Pending",
+            cond(
+                "Running",
+                False,
+                "Unschedulable",
+                "llm-worker-0: 0/5 nodes are available: 4 Insufficient nvidia.com/gpu",
+            ),
+            *kstatus(False, True, False, "Pending", "0/2 workers running"),
+        ),
+        "Progressing",
+        "Pending: llm-worker-0: 0/5 nodes are available: 4 Insufficient nvidia.com/gpu",
+    ),
     "running": (
-        job("Running", cond("Running", True, "AllWorkersRunning", "all 2 workers are running"),
-            *kstatus(True, False, False, "Running")),
-        "Progressing", "Running: all 2 workers are running"),
+        job(
+            "Running",
+            cond("Running", True, "AllWorkersRunning", "all 2 workers are running"),
+            *kstatus(True, False, False, "Running"),
+        ),
+        "Progressing",
+        "Running: all 2 workers are running",
+    ),
     "restarting": (
-        job("Restarting", cond("Restarting", True, "WorkerFailed",
-                               "llm-worker-1 exited with 1; restarting the gang (1/3)"),
-            *kstatus(False, True, False, "Restarting")),
-        "Progressing", "Restarting: llm-worker-1 exited with 1; restarting the gang (1/3)"),
+        job(
+            "Restarting",
+            cond(
+                "Restarting",
+                True,
+                "WorkerFailed",
+                "llm-worker-1 exited with 1; restarting the gang (1/3)",
+            ),
+            *kstatus(False, True, False, "Restarting"),
+        ),
+        "Progressing",
+        "Restarting: llm-worker-1 exited with 1; restarting the gang (1/3)",
+    ),
     "suspended": (
-        job("Suspended", cond("Suspended", True, "Suspended", "spec.suspend is true"),
-            *kstatus(False, False, False, "Suspended")),
-        "Suspended", "spec.suspend is true"),
+        job(
+            "Suspended",
+            cond("Suspended", True, "Suspended", "spec.suspend is true"),
+            *kstatus(False, False, False, "Suspended"),
+        ),
+        "Suspended",
+        "spec.suspend is true",
+    ),
     "succeeded": (
-        job("Succeeded", cond("Succeeded", True, "AllWorkersSucceeded",
-                              "all 2 workers succeeded"),
-            *kstatus(True, False, False, "Succeeded")),
-        "Healthy", "All workers succeeded"),
+        job(
+            "Succeeded",
+            cond("Succeeded", True, "AllWorkersSucceeded", "all 2 workers succeeded"),
+            *kstatus(True, False, False, "Succeeded"),
+        ),
+        "Healthy",
+        "All workers succeeded",
+    ),
     "failed": (
-        job("Failed", cond("Failed", True, "MaxRestartsReached",
-                           "llm-worker-0 exited with 1 after 3 restarts (maxRestarts 3)"),
-            *kstatus(False, False, True, "Failed", "llm-worker-0 exited with 1")),
-        "Degraded", "llm-worker-0 exited with 1 after 3 restarts (maxRestarts 3)"),
+        job(
+            "Failed",
+            cond(
+                "Failed",
+                True,
+                "MaxRestartsReached",
+                "llm-worker-0 exited with 1 after 3 restarts (maxRestarts 3)",
+            ),
+            *kstatus(False, False, True, "Failed", "llm-worker-0 exited with 1"),
+        ),
+        "Degraded",
+        "llm-worker-0 exited with 1 after 3 restarts (maxRestarts 3)",
+    ),
     "stalled on a missing network": (
-        job("Pending", cond("Stalled", True, "MissingReference",
-                            "spec.network.rdma.networks[0]: NetworkAttachmentDefinition "
-                            "ml/rail-0 does not exist"),
-            cond("Ready", False, "Pending"), cond("Reconciling", False, "Pending")),
-        "Degraded", "spec.network.rdma.networks[0]: NetworkAttachmentDefinition ml/rail-0 "
-                    "does not exist"),
+        job(
+            "Pending",
+            cond(
+                "Stalled",
+                True,
+                "MissingReference",
+                "spec.network.rdma.networks[0]: NetworkAttachmentDefinition "
+                "ml/rail-0 does not exist",
+            ),
+            cond("Ready", False, "Pending"),
+            cond("Reconciling", False, "Pending"),
+        ),
+        "Degraded",
+        "spec.network.rdma.networks[0]: NetworkAttachmentDefinition ml/rail-0 does not exist",
+    ),
 }
 
 
@@ -124,37 +194,71 @@ def test_trainingjob_health(case: str) -> None:
     assert health("argocd-health-trainingjob.lua", obj) == (status, message)
 
 
-def service(*conditions: dict[str, Any], generation: int = 1,
-            observed: int = 1) -> dict[str, Any]:
-    return {"apiVersion": "trainforge.io/v1alpha1", "kind": "InferenceService",
-            "metadata": {"name": "chat", "namespace": "ml", "generation": generation},
-            "status": {"observedGeneration": observed, "conditions": list(conditions),
-                       "replicas": 2, "readyReplicas": 2,
-                       "url": "http://chat.ml.svc.cluster.local"}}
+def service(*conditions: dict[str, Any], generation: int = 1, observed: int = 1) -> dict[str, Any]:
+    return {
+        "apiVersion": "trainforge.io/v1alpha1",
+        "kind": "InferenceService",
+        "metadata": {"name": "chat", "namespace": "ml", "generation": generation},
+        "status": {
+            "observedGeneration": observed,
+            "conditions": list(conditions),
+            "replicas": 2,
+            "readyReplicas": 2,
+            "url": "http://chat.ml.svc.cluster.local",
+        },
+    }
 
 
 INFERENCESERVICES = {
-    "not observed yet": (service(cond("Ready", True, "Available"), generation=3, observed=2),
-                         "Progressing", "Waiting for the operator to observe generation 3"),
+    "not observed yet": (
+        service(cond("Ready", True, "Available"), generation=3, observed=2),
+        "Progressing",
+        "Waiting for the operator to observe generation 3",
+    ),
     "waiting for a checkpoint": (
-        service(cond("ModelLoaded", False, "NoCheckpoint",
-                     "TrainingJob llm has not committed a checkpoint yet"),
-                cond("Ready", False, "ModelNotLoaded"), cond("Stalled", False, "NotStalled")),
-        "Progressing", "Model not loaded: TrainingJob llm has not committed a checkpoint yet"),
+        service(
+            cond(
+                "ModelLoaded",
+                False,
+                "NoCheckpoint",
+                "TrainingJob llm has not committed a checkpoint yet",
+            ),
+            cond("Ready", False, "ModelNotLoaded"),
+            cond("Stalled", False, "NotStalled"),
+        ),
+        "Progressing",
+        "Model not loaded: TrainingJob llm has not committed a checkpoint yet",
+    ),
     "replicas starting": (
-        service(cond("ModelLoaded", True, "Loaded"),
-                cond("Ready", False, "ReplicasUnavailable", "1/2 replicas available")),
-        "Progressing", "Not ready: 1/2 replicas available"),
-    "ready": (service(cond("ModelLoaded", True, "Loaded"),
-                      cond("Ready", True, "Available", "2/2 replicas available"),
-                      cond("Stalled", False, "NotStalled")),
-              "Healthy", "2/2 replicas available"),
-    "stalled": (service(cond("Ready", False, "InvalidSpec"),
-                        cond("Stalled", True, "MissingReference",
-                             "spec.model.claimName: PersistentVolumeClaim ml/ckpt does not "
-                             "exist")),
-                "Degraded", "spec.model.claimName: PersistentVolumeClaim ml/ckpt does not "
-                            "exist"),
+        service(
+            cond("ModelLoaded", True, "Loaded"),
+            cond("Ready", False, "ReplicasUnavailable", "1/2 replicas available"),
+        ),
+        "Progressing",
+        "Not ready: 1/2 replicas available",
+    ),
+    "ready": (
+        service(
+            cond("ModelLoaded", True, "Loaded"),
+            cond("Ready", True, "Available", "2/2 replicas available"),
+            cond("Stalled", False, "NotStalled"),
+        ),
+        "Healthy",
+        "2/2 replicas available",
+    ),
+    "stalled": (
+        service(
+            cond("Ready", False, "InvalidSpec"),
+            cond(
+                "Stalled",
+                True,
+                "MissingReference",
+                "spec.model.claimName: PersistentVolumeClaim ml/ckpt does not exist",
+            ),
+        ),
+        "Degraded",
+        "spec.model.claimName: PersistentVolumeClaim ml/ckpt does not exist",
+    ),
 }
 
 

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from helmtest import CHART, KUBE_VERSION, find, granted, render, run_helm, values_args
+
 from kubetest import REPO
+from trainforge import contract
 
 # One values set per mode the chart supports; tests/helm/test_install.py installs some.
 MODES: dict[str, dict[str, Any]] = {
@@ -20,16 +21,24 @@ MODES: dict[str, dict[str, Any]] = {
     "namespace-list": {"watch": {"scope": "list", "namespaces": ["team-a", "team-b"]}},
     "ha-all": {"replicaCount": 2},
     "ha-list": {"replicaCount": 3, "watch": {"scope": "list", "namespaces": ["team-a"]}},
-    "monitoring": {"metrics": {"serviceMonitor": {"enabled": True},
-                               "podMonitor": {"enabled": True}},
-                   "prometheusRule": {"enabled": True}, "dashboard": {"enabled": True}},
+    "monitoring": {
+        "metrics": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
+        "prometheusRule": {"enabled": True},
+        "dashboard": {"enabled": True},
+    },
 }
 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_lint(helm: Path, tmp_path: Path, mode: str) -> None:
-    result = run_helm(helm, "lint", "--strict", str(CHART), f"--kube-version={KUBE_VERSION}",
-                      *values_args(MODES[mode], tmp_path))
+    result = run_helm(
+        helm,
+        "lint",
+        "--strict",
+        str(CHART),
+        f"--kube-version={KUBE_VERSION}",
+        *values_args(MODES[mode], tmp_path),
+    )
     assert "0 chart(s) failed" in result.stdout
 
 
@@ -44,8 +53,9 @@ def test_default_watches_all_namespaces_with_a_cluster_role(helm: Path, tmp_path
     assert "--all-namespaces" in operator_args(docs)
     assert [r["metadata"]["name"] for r in find(docs, "ClusterRole")] == ["tf-trainforge"]
     [binding] = find(docs, "ClusterRoleBinding")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "tf-trainforge",
-                                    "namespace": "trainforge"}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "tf-trainforge", "namespace": "trainforge"}
+    ]
     assert not find(docs, "Role") and not find(docs, "RoleBinding")
     assert not find(docs, "ClusterKopfPeering") and not find(docs, "KopfPeering")
 
@@ -61,8 +71,10 @@ def test_release_namespace_mode_uses_a_role_there(helm: Path, tmp_path: Path) ->
 def test_namespace_list_mode_binds_a_role_in_each_namespace(helm: Path, tmp_path: Path) -> None:
     docs = render(helm, MODES["namespace-list"], tmp_path)
     args = operator_args(docs)
-    assert [a for a in args if a.startswith("--namespace")] == ["--namespace=team-a",
-                                                                "--namespace=team-b"]
+    assert [a for a in args if a.startswith("--namespace")] == [
+        "--namespace=team-a",
+        "--namespace=team-b",
+    ]
     assert "--all-namespaces" not in args
     assert sorted(r["metadata"]["namespace"] for r in find(docs, "Role")) == ["team-a", "team-b"]
     for binding in find(docs, "RoleBinding"):
@@ -88,12 +100,15 @@ def test_ha_uses_peering_and_a_rolling_update(helm: Path, tmp_path: Path) -> Non
     assert [p["metadata"]["name"] for p in find(docs, "ClusterKopfPeering")] == ["tf-trainforge"]
     rules = granted(find(docs, "ClusterRole")[0]["rules"])
     assert {str(p) for p in rules if p.group == "kopf.dev"} == {
-        "list kopf.dev/clusterkopfpeerings", "watch kopf.dev/clusterkopfpeerings",
-        "patch kopf.dev/clusterkopfpeerings (tf-trainforge)"}
+        "list kopf.dev/clusterkopfpeerings",
+        "watch kopf.dev/clusterkopfpeerings",
+        "patch kopf.dev/clusterkopfpeerings (tf-trainforge)",
+    }
 
     namespaced = render(helm, MODES["ha-list"], tmp_path)
-    assert [(p["metadata"]["namespace"], p["metadata"]["name"])
-            for p in find(namespaced, "KopfPeering")] == [("team-a", "tf-trainforge")]
+    assert [
+        (p["metadata"]["namespace"], p["metadata"]["name"]) for p in find(namespaced, "KopfPeering")
+    ] == [("team-a", "tf-trainforge")]
     assert find(namespaced, "PodDisruptionBudget")[0]["spec"]["minAvailable"] == 1
 
 
@@ -103,9 +118,11 @@ def test_operator_pod_is_hardened(helm: Path, tmp_path: Path) -> None:
     [container] = pod["containers"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert container["securityContext"] == {"allowPrivilegeEscalation": False,
-                                            "readOnlyRootFilesystem": True,
-                                            "capabilities": {"drop": ["ALL"]}}
+    assert container["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "healthz"}
     assert pod["terminationGracePeriodSeconds"] == 30
     assert container["image"] == "ghcr.io/trainforge/operator:0.1.0"  # appVersion
@@ -113,13 +130,24 @@ def test_operator_pod_is_hardened(helm: Path, tmp_path: Path) -> None:
 
 
 def test_values_reach_the_operator_flags(helm: Path, tmp_path: Path) -> None:
-    docs = render(helm, {"image": {"tag": "1.2.3"}, "trainerImage": {"tag": "1.2.0"},
-                         "operator": {"workers": 3, "resyncSeconds": 30, "verbose": True},
-                         "resources": {"requests": {"cpu": "2"}}}, tmp_path)
+    docs = render(
+        helm,
+        {
+            "image": {"tag": "1.2.3"},
+            "trainerImage": {"tag": "1.2.0"},
+            "operator": {"workers": 3, "resyncSeconds": 30, "verbose": True},
+            "resources": {"requests": {"cpu": "2"}},
+        },
+        tmp_path,
+    )
     [container] = find(docs, "Deployment")[0]["spec"]["template"]["spec"]["containers"]
     assert container["image"].endswith(":1.2.3")
-    for arg in ("--trainer-image=ghcr.io/trainforge/trainer:1.2.0", "--workers=3",
-                "--resync-seconds=30", "--verbose"):
+    for arg in (
+        "--trainer-image=ghcr.io/trainforge/trainer:1.2.0",
+        "--workers=3",
+        "--resync-seconds=30",
+        "--verbose",
+    ):
         assert arg in container["args"]
     assert container["resources"]["requests"]["cpu"] == "2"
 
@@ -129,10 +157,12 @@ def test_monitoring_objects_only_when_enabled(helm: Path, tmp_path: Path) -> Non
     assert not kinds & {d["kind"] for d in render(helm, {}, tmp_path)}
     docs = render(helm, MODES["monitoring"], tmp_path)
     assert kinds <= {d["kind"] for d in docs}
-    [pod_monitor] = find(docs, "PodMonitor")
+    trainers, servers = find(docs, "PodMonitor")
     # Only rank 0 serves the trainer's metrics (trainforge.contract.DEFAULT_METRICS_PORT).
-    assert pod_monitor["spec"]["selector"]["matchLabels"]["trainforge.io/worker-index"] == "0"
-    assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert trainers["spec"]["selector"]["matchLabels"]["trainforge.io/worker-index"] == "0"
+    assert trainers["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+    assert servers["spec"]["podMetricsEndpoints"][0]["port"] == contract.SERVE_PORT_NAME
+    assert trainers["spec"]["namespaceSelector"] == {"any": True}
     [dashboard] = find(docs, "ConfigMap")
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(dashboard["data"]["trainforge.json"])["uid"] == "trainforge"
@@ -141,38 +171,67 @@ def test_monitoring_objects_only_when_enabled(helm: Path, tmp_path: Path) -> Non
 # --- invalid values -----------------------------------------------------------------------------
 
 INVALID: list[tuple[dict[str, Any], str]] = [
-    ({"watch": {"scope": "everything"}},
-     "at '/watch/scope': value must be one of 'all', 'release', 'list'"),
+    (
+        {"watch": {"scope": "everything"}},
+        "at '/watch/scope': value must be one of 'all', 'release', 'list'",
+    ),
     ({"watch": {"scope": "list"}}, "at '/watch/namespaces': minItems: got 0, want 1"),
-    ({"watch": {"scope": "list", "namespaces": ["Team_A"]}},
-     "at '/watch/namespaces/0': 'Team_A' does not match pattern"),
-    ({"watch": {"namespaces": ["team-a"]}},
-     'watch.namespaces is set but watch.scope is "all": set watch.scope=list'),
+    (
+        {"watch": {"scope": "list", "namespaces": ["Team_A"]}},
+        "at '/watch/namespaces/0': 'Team_A' does not match pattern",
+    ),
+    (
+        {"watch": {"namespaces": ["team-a"]}},
+        'watch.namespaces is set but watch.scope is "all": set watch.scope=list',
+    ),
     ({"replicaCount": 0}, "at '/replicaCount': minimum: got 0, want 1"),
     ({"image": {"tag": 1.2}}, "at '/image/tag': got number, want string"),
     ({"imagee": {"tag": "x"}}, "additional properties 'imagee' not allowed"),
-    ({"operator": {"logFormat": "xml"}},
-     "at '/operator/logFormat': value must be one of 'json', 'plain'"),
-    ({"podSecurityContext": {"runAsNonRoot": False}},
-     "at '/podSecurityContext/runAsNonRoot': value must be true"),
-    ({"securityContext": {"allowPrivilegeEscalation": True}},
-     "at '/securityContext/allowPrivilegeEscalation': value must be false"),
+    (
+        {"operator": {"logFormat": "xml"}},
+        "at '/operator/logFormat': value must be one of 'json', 'plain'",
+    ),
+    (
+        {"podSecurityContext": {"runAsNonRoot": False}},
+        "at '/podSecurityContext/runAsNonRoot': value must be true",
+    ),
+    (
+        {"securityContext": {"allowPrivilegeEscalation": True}},
+        "at '/securityContext/allowPrivilegeEscalation': value must be false",
+    ),
     ({"metricsPort": 70000}, "at '/metricsPort': maximum: got 70,000, want 65,535"),
-    ({"metrics": {"serviceMonitor": {"interval": "5 minutes"}}},
-     "at '/metrics/serviceMonitor/interval': '5 minutes' does not match pattern"),
-    ({"metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}},
-     "metrics.serviceMonitor.enabled needs metrics.service.enabled"),
-    ({"serviceAccount": {"create": False}},
-     "serviceAccount.name is required when serviceAccount.create is false"),
+    (
+        {"metrics": {"serviceMonitor": {"interval": "5 minutes"}}},
+        "at '/metrics/serviceMonitor/interval': '5 minutes' does not match pattern",
+    ),
+    (
+        {"metrics": {"service": {"enabled": False}, "serviceMonitor": {"enabled": True}}},
+        "metrics.serviceMonitor.enabled needs metrics.service.enabled",
+    ),
+    (
+        {"serviceAccount": {"create": False}},
+        "serviceAccount.name is required when serviceAccount.create is false",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("values", "message"), INVALID,
-                         ids=[re.sub(r"\W+", "-", json.dumps(v)).strip("-") for v, _ in INVALID])
-def test_invalid_values_fail_with_a_clear_message(helm: Path, tmp_path: Path,
-                                                  values: dict[str, Any], message: str) -> None:
-    result = run_helm(helm, "template", "tf", str(CHART), f"--kube-version={KUBE_VERSION}",
-                      *values_args(values, tmp_path), check=False)
+@pytest.mark.parametrize(
+    ("values", "message"),
+    INVALID,
+    ids=[re.sub(r"\W+", "-", json.dumps(v)).strip("-") for v, _ in INVALID],
+)
+def test_invalid_values_fail_with_a_clear_message(
+    helm: Path, tmp_path: Path, values: dict[str, Any], message: str
+) -> None:
+    result = run_helm(
+        helm,
+        "template",
+        "tf",
+        str(CHART),
+        f"--kube-version={KUBE_VERSION}",
+        *values_args(values, tmp_path),
+        check=False,
+    )
     assert result.returncode != 0
     assert message in result.stderr, result.stderr
 
@@ -190,24 +249,21 @@ CHART_ONLY_CRDS = {"kopf-peerings.yaml"}
 
 def test_chart_crds_are_the_generated_ones() -> None:
     generated = {p.name: p.read_bytes() for p in (REPO / "crds").glob("*.yaml")}
-    shipped = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")
-               if p.name not in CHART_ONLY_CRDS}
+    shipped = {
+        p.name: p.read_bytes()
+        for p in (CHART / "crds").glob("*.yaml")
+        if p.name not in CHART_ONLY_CRDS
+    }
     assert generated, "no generated CRDs in crds/"
-    stale = sorted(n for n in generated.keys() | shipped.keys()
-                   if generated.get(n) != shipped.get(n))
-    assert not stale, f"helm/trainforge/crds/ differs from crds/ in {stale}: run " \
-                      "`bash hack/sync-chart-crds.sh`"
+    stale = sorted(
+        n for n in generated.keys() | shipped.keys() if generated.get(n) != shipped.get(n)
+    )
+    assert not stale, (
+        f"helm/trainforge/crds/ differs from crds/ in {stale}: run `bash hack/sync-chart-crds.sh`"
+    )
 
 
 # --- metrics used by alerts and the dashboard ---------------------------------------------------
-
-# Metrics that alerts or the dashboard use before the code exporting them exists. Remove an
-# entry when its metric lands (the test fails to remind you).
-PENDING_METRICS = {
-    "trainforge_inferenceservices": "InferenceService readiness gauge (issue 5)",
-    "trainforge_server_request_duration_seconds": "inference server latency histogram "
-                                                  "(issue 5)",
-}
 
 
 def exported_metrics() -> set[str]:
@@ -215,26 +271,37 @@ def exported_metrics() -> set[str]:
 
     import trainforge.metrics  # noqa: F401 - registers the operator's metrics
     from trainforge_trainer.metrics import TrainerMetrics
+    from trainforge_trainer.serve.metrics import ServeMetrics
 
     names = {m.name for m in REGISTRY.collect()}
     names |= {m.name for m in TrainerMetrics().registry.collect()}
+    names |= {m.name for m in ServeMetrics(max_batch_size=8).registry.collect()}
     return names
 
 
 def used_metrics(docs: list[dict[str, Any]]) -> set[str]:
-    exprs = [r["expr"] for d in find(docs, "PrometheusRule") for g in d["spec"]["groups"]
-             for r in g["rules"]]
+    exprs = [
+        r["expr"]
+        for d in find(docs, "PrometheusRule")
+        for g in d["spec"]["groups"]
+        for r in g["rules"]
+    ]
     dashboard = json.loads(find(docs, "ConfigMap")[0]["data"]["trainforge.json"])
     exprs += [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     # Histogram and counter series map back to the family name prometheus_client reports.
-    return {re.sub(r"_(bucket|sum|count|total)$", "", m)
-            for e in exprs for m in re.findall(r"\btrainforge_\w+", e)}
+    return {
+        re.sub(r"_(bucket|sum|count|total)$", "", m)
+        for e in exprs
+        for m in re.findall(r"\btrainforge_\w+", e)
+    }
 
 
 def test_alerts_and_dashboard_use_exported_metrics(helm: Path, tmp_path: Path) -> None:
     used = used_metrics(render(helm, MODES["monitoring"], tmp_path))
-    exported = exported_metrics()
-    assert not used - exported - PENDING_METRICS.keys(), "unknown metrics"
-    landed = PENDING_METRICS.keys() & exported
-    assert not landed, f"{landed} exist now: remove them from PENDING_METRICS"
-    assert PENDING_METRICS.keys() <= used
+    assert {
+        "trainforge_trainingjobs",
+        "trainforge_trainer_loss",
+        "trainforge_serve_request_duration_seconds",
+    } <= used
+    unknown = used - exported_metrics()
+    assert not unknown, f"no component exports {sorted(unknown)}"

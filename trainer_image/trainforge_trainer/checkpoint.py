@@ -280,13 +280,17 @@ class Checkpointer:
         parameters, optimizer state or buffers)."""
         if self._staging is not None:
             started = time.perf_counter()
+            self._await_staging()
+            self.on_blocked(time.perf_counter() - started)
+
+    def _await_staging(self) -> None:
+        if self._staging is not None:
             staging, self._staging = self._staging, None
             staging.result()
-            self.on_blocked(time.perf_counter() - started)
 
     def wait(self) -> None:
         """Block until the save in flight (if any) is committed; re-raise its failure."""
-        self.wait_staged()
+        self._await_staging()
         if self._pending is not None:
             pending, self._pending = self._pending, None
             pending.result()
