@@ -29,8 +29,9 @@ fmt: setup ## format and autofix
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-crds: setup ## regenerate crds/ (and the chart's copy) from the pydantic models
+crds: setup ## regenerate crds/, the chart's copy and docs/api.md from the pydantic models
 	$(PY) -m trainforge.api.crdgen
+	bash hack/sync-chart-crds.sh
 
 system-deps: ## Debian packages the tests use (etcd, lua5.4, prometheus), when missing
 	bash hack/install-system-deps.sh

@@ -1,15 +1,18 @@
 """Benchmark of the bundled trainer (not a test; numbers go to bench/REPORT.md, "Trainer").
 
-    .venv/bin/python bench/trainer_bench.py [--steps 60] [--dir /path/on/the/checkpoint/disk]
+    .venv/bin/python bench/trainer_bench.py [--steps 200] [--dir /path/on/the/checkpoint/disk]
 
 Measured side by side in one process, interleaved step by step so that load from other
 processes hits both sides alike, medians after a warm-up:
 
 1. step time of the trainer (Trainer.advance: data stream, step, metrics, progress, stop and
-   save checks) vs a plain hand-written PyTorch loop on the same model and data;
-2. the same trainer with Prometheus metrics (and their HTTP server) on vs off;
-3. time the loop is blocked by an asynchronous save vs a synchronous save of the same
-   >= 200 MB state (model + AdamW moments);
+   save checks) vs a plain hand-written PyTorch loop with the same model, optimizer, schedule,
+   clipping and data, for a small (~10 ms) and a medium step;
+2. the same trainer with Prometheus metrics (and their HTTP server) on vs off, plus the cost
+   of the per-step metric updates timed in isolation;
+3. the time the loop waits for an asynchronous save (in save() and before the next optimizer
+   step) vs a synchronous save of the same >= 200 MB state (model + AdamW moments), and how
+   much slower the step that overlaps the background copy is;
 4. synchronous checkpoint throughput (write + fsync + sha256 + commit) vs `dd` writing the
    same number of bytes with conv=fsync to the same directory.
 """
@@ -48,6 +51,12 @@ STEP_CONFIG: dict[str, Any] = {
     "model": {"inputDim": 256, "hiddenDim": 512, "layers": 3, "numClasses": 16},
     "data": {"samples": 8192},
 }
+# The same with 4x the width and 2x the batch: a step closer to real work.
+MEDIUM_STEP_CONFIG: dict[str, Any] = {
+    **STEP_CONFIG,
+    "batchSize": 128,
+    "model": {"inputDim": 256, "hiddenDim": 2048, "layers": 3, "numClasses": 16},
+}
 # ~21M parameters: 84 MB of weights + 168 MB of AdamW moments.
 BIG_CONFIG: dict[str, Any] = {
     "recipe": "mlp",
@@ -74,7 +83,14 @@ class PlainLoop:
         cfg = config_mod.parse(raw)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=0.01)
+        params = list(self.model.parameters())
+        self.opt = torch.optim.AdamW(
+            [
+                {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weightDecay},
+                {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+            ],
+            lr=cfg.lr,
+        )
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt, lambda s: lr_factor(s, cfg.warmupSteps, cfg.maxSteps, cfg.minLrRatio)
         )
@@ -149,17 +165,26 @@ def _metric_updates_us(trainer: Trainer, n: int = 20000) -> float:
 def bench_steps(root: Path, steps: int, warmup: int) -> dict[str, float]:
     on = _trainer(STEP_CONFIG, root / "on", metrics=True, port=0)
     off = _trainer(STEP_CONFIG, root / "off", metrics=False, port=None)
-    assert isinstance(on.recipe.train, TensorPairs)
-    plain = PlainLoop(STEP_CONFIG, on.recipe.train)
+    assert isinstance(off.recipe.train, TensorPairs)
+    plain = PlainLoop(STEP_CONFIG, off.recipe.train)
     trainer_s, plain_s = interleaved(off.advance, plain.step, steps, warmup)
     metrics_on_s, metrics_off_s = interleaved(on.advance, off.advance, steps, warmup)
     updates_us = _metric_updates_us(on)
     for t in (on, off):
         t.checkpointer.close()
+
+    medium = _trainer(MEDIUM_STEP_CONFIG, root / "medium", metrics=True, port=0)
+    assert isinstance(medium.recipe.train, TensorPairs)
+    medium_plain = PlainLoop(MEDIUM_STEP_CONFIG, medium.recipe.train)
+    medium_s, medium_plain_s = interleaved(medium.advance, medium_plain.step, steps // 3, warmup)
+    medium.checkpointer.close()
     return {
         "trainer_step_ms": trainer_s * 1e3,
         "plain_step_ms": plain_s * 1e3,
         "trainer_overhead_pct": (trainer_s / plain_s - 1) * 100,
+        "medium_trainer_step_ms": medium_s * 1e3,
+        "medium_plain_step_ms": medium_plain_s * 1e3,
+        "medium_trainer_overhead_pct": (medium_s / medium_plain_s - 1) * 100,
         "metrics_on_step_ms": metrics_on_s * 1e3,
         "metrics_off_step_ms": metrics_off_s * 1e3,
         "metrics_overhead_pct": (metrics_on_s / metrics_off_s - 1) * 100,

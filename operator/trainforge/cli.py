@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import socket
 import sys
 from pathlib import Path
 
@@ -54,11 +56,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="reconcile every object at least this often",
     )
     run.add_argument(
-        "--peering",
+        "--leader-election-lease",
         default="",
-        metavar="NAME",
-        help="HA: coordinate replicas through this kopf peering object "
-        "(only one reconciles at a time); default standalone",
+        metavar="NAMESPACE/NAME",
+        help="HA: replicas elect a leader on this coordination.k8s.io Lease and only the "
+        "leader reconciles (default: no election, for a single replica)",
+    )
+    run.add_argument(
+        "--lease-duration-seconds",
+        type=int,
+        default=Settings.lease_duration_seconds,
+        help="a leader that has not renewed its lease for this long is replaced",
     )
     run.add_argument(
         "--trainer-image", default=None, help="image for TrainingJobs that do not set spec.image"
@@ -99,6 +107,12 @@ def run_operator(args: argparse.Namespace) -> int:
     from trainforge.render.trainingjob import RenderSettings
 
     render = RenderSettings(**({"default_image": args.trainer_image} if args.trainer_image else {}))
+    lease_namespace, _, lease_name = args.leader_election_lease.rpartition("/")
+    if args.leader_election_lease and not (lease_namespace and lease_name):
+        logging.error(
+            "--leader-election-lease: expected NAMESPACE/NAME (got %r)", args.leader_election_lease
+        )
+        return 2
     settings = Settings(
         namespaces=tuple(args.namespaces),
         metrics_port=args.metrics_port,
@@ -106,7 +120,11 @@ def run_operator(args: argparse.Namespace) -> int:
         listen_address=args.listen_address,
         workers=args.workers,
         resync_seconds=args.resync_seconds,
-        peering_name=args.peering,
+        lease_namespace=lease_namespace,
+        lease_name=lease_name,
+        lease_duration_seconds=args.lease_duration_seconds,
+        # The pod name in a cluster (the chart sets POD_NAME); host and PID elsewhere.
+        identity=os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
         render=render,
     )
     kopf.configure(
@@ -121,8 +139,7 @@ def run_operator(args: argparse.Namespace) -> int:
     kopf.run(
         clusterwide=not settings.namespaces,
         namespaces=settings.namespaces,
-        standalone=not settings.peering_name,
-        peering_name=settings.peering_name or None,
+        standalone=True,  # HA is the Lease-based election (leader.py), not kopf peering
         liveness_endpoint=(
             f"http://{settings.listen_address}:{settings.liveness_port}/healthz"
             if settings.liveness_port

@@ -17,6 +17,7 @@ import kopf
 from prometheus_client import start_http_server
 
 from trainforge import contract, kube
+from trainforge.leader import LeaderElector, LeaseConfig
 from trainforge.reconcile.inferenceservice import ChildView, child_view
 from trainforge.reconcile.inferenceservice_runner import InferenceServiceRunner
 from trainforge.reconcile.runner import Key, TrainingJobRunner
@@ -185,6 +186,17 @@ async def start(
     if config.metrics_port:
         start_http_server(config.metrics_port, addr=config.listen_address)
     executor = ThreadPoolExecutor(config.workers, thread_name_prefix="reconcile")
+    elector = None
+    if config.lease_name:
+        lease = LeaseConfig(
+            config.lease_namespace,
+            config.lease_name,
+            config.identity,
+            duration_seconds=config.lease_duration_seconds,
+            retry_seconds=max(1.0, config.lease_duration_seconds / 5),
+        )
+        elector = LeaderElector(lease, on_elected=lambda: elected(memo))
+    leading = elector.is_leader if elector else lambda: True
     loop = asyncio.get_running_loop()
     runner = TrainingJobRunner(
         jobs=lambda key: next(iter(trainingjobs.get(key, [])), None),
@@ -196,7 +208,9 @@ async def start(
         return await loop.run_in_executor(executor, runner.reconcile, key)
 
     memo.trainingjob_runner = runner
-    memo.trainingjob_queue = WorkQueue(reconcile, config.workers, "trainingjobs")
+    memo.trainingjob_index_keys = lambda: list(trainingjobs)
+    memo.inference_index_keys = lambda: list(inferenceservices)
+    memo.trainingjob_queue = WorkQueue(reconcile, config.workers, "trainingjobs", leading)
     memo.trainingjob_queue.start()
     memo.resync = asyncio.create_task(
         resync(memo.trainingjob_queue, trainingjobs, config.resync_seconds)
@@ -219,11 +233,25 @@ async def start(
         return await loop.run_in_executor(executor, inference_runner.reconcile, key)
 
     memo.inference_runner = inference_runner
-    memo.inference_queue = WorkQueue(reconcile_inference, config.workers, "inferenceservices")
+    memo.inference_queue = WorkQueue(
+        reconcile_inference, config.workers, "inferenceservices", leading
+    )
     memo.inference_queue.start()
     memo.inference_resync = asyncio.create_task(
         resync(memo.inference_queue, inferenceservices, config.resync_seconds)
     )
+    if elector:
+        memo.elector = asyncio.create_task(elector.run())
+
+
+def elected(memo: kopf.Memo) -> None:
+    """This replica now leads: start from what the watches show, then reconcile everything."""
+    memo.trainingjob_runner.forget_all()
+    memo.inference_runner.forget_all()
+    for key in memo.trainingjob_index_keys():
+        memo.trainingjob_queue.add(key)
+    for key in memo.inference_index_keys():
+        memo.inference_queue.add(key)
 
 
 async def resync(queue: WorkQueue, index: kopf.Index[Key, Any], every: float) -> None:
@@ -236,6 +264,8 @@ async def resync(queue: WorkQueue, index: kopf.Index[Key, Any], every: float) ->
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
+    if "elector" in memo:
+        memo.elector.cancel()
     if "resync" in memo:
         memo.resync.cancel()
         await memo.trainingjob_queue.stop()
@@ -253,7 +283,8 @@ def configure_kopf(settings: kopf.OperatorSettings, config: Settings) -> None:
     )
     # The operator records its own Events; kopf's log-to-Event posting would duplicate them.
     settings.posting.enabled = False
-    settings.peering.name = config.peering_name or "trainforge"
-    settings.peering.standalone = not config.peering_name
+    # Watch only what the handlers name: scanning for CRDs and namespaces would need
+    # cluster-wide list/watch permissions the chart does not grant in namespaced mode.
+    settings.scanning.disabled = True
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 60

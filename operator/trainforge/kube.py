@@ -26,6 +26,7 @@ RESOURCES: dict[str, tuple[str, bool]] = {
     "Service": ("services", True),
     "PersistentVolumeClaim": ("persistentvolumeclaims", True),
     "Event": ("events", True),
+    "Lease": ("leases", True),
     "Deployment": ("deployments", True),
     "HorizontalPodAutoscaler": ("horizontalpodautoscalers", True),
     "PodDisruptionBudget": ("poddisruptionbudgets", True),

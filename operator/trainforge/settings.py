@@ -19,6 +19,10 @@ class Settings:
     workers: int = 8
     # Every job is reconciled at least this often, events or not.
     resync_seconds: float = 60.0
-    # Name of the kopf peering object for HA (one active replica); empty = standalone.
-    peering_name: str = ""
+    # HA: replicas elect a leader on this Lease (namespace, name); only the leader reconciles.
+    # Empty name: no election (a single replica).
+    lease_namespace: str = "default"
+    lease_name: str = ""
+    lease_duration_seconds: int = 15
+    identity: str = ""
     render: RenderSettings = field(default_factory=RenderSettings)

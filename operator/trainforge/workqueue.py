@@ -20,20 +20,29 @@ Reconciler = Callable[[Hashable], Awaitable[float | None]]
 
 
 class WorkQueue:
-    def __init__(self, reconcile: Reconciler, workers: int, name: str) -> None:
+    def __init__(
+        self,
+        reconcile: Reconciler,
+        workers: int,
+        name: str,
+        active: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._reconcile = reconcile
+        # False while another replica leads: keys are dropped, the new leader's
+        # resync brings them all back.
+        self._active = active
         self._workers = workers
         self._name = name
         self._queue: asyncio.Queue[Hashable] = asyncio.Queue()
         self._queued: set[Hashable] = set()
-        self._active: set[Hashable] = set()
+        self._running: set[Hashable] = set()
         self._dirty: set[Hashable] = set()
         self._timers: dict[Hashable, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
     def add(self, key: Hashable) -> None:
         """Schedule `key`; a no-op when it is already waiting."""
-        if key in self._active:
+        if key in self._running:
             self._dirty.add(key)
         elif key not in self._queued:
             self._queued.add(key)
@@ -75,7 +84,9 @@ class WorkQueue:
         while True:
             key = await self._queue.get()
             self._queued.discard(key)
-            self._active.add(key)
+            if not self._active():
+                continue
+            self._running.add(key)
             try:
                 requeue = await self._reconcile(key)
             except Exception:
@@ -83,7 +94,7 @@ class WorkQueue:
                 logger.exception("%s: reconcile of %s failed", self._name, key)
                 requeue = 5.0
             finally:
-                self._active.discard(key)
+                self._running.discard(key)
             if key in self._dirty:
                 self._dirty.discard(key)
                 self.add(key)

@@ -206,6 +206,11 @@ class InferenceServiceRunner:
         )
         return False
 
+    def forget_all(self) -> None:
+        """Leadership changed hands: another replica may have written since our memories."""
+        with self._lock:
+            self._memory.clear()
+
     def forget(self, uid: str) -> None:
         """The service was deleted: drop what we remembered of it."""
         with self._lock:

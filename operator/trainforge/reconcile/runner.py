@@ -189,6 +189,11 @@ class TrainingJobRunner:
             )
             kube.delete(ref, uid=meta["uid"])
 
+    def forget_all(self) -> None:
+        """Leadership changed hands: another replica may have written since our memories."""
+        with self._lock:
+            self._memory.clear()
+
     def forget(self, uid: str) -> None:
         """The job was deleted: drop what we remembered of it."""
         with self._lock:
