@@ -38,21 +38,40 @@ NAMESPACE = "bench"
 
 def bench_nodes(count: int) -> dict[str, Any]:
     """Roomy KWOK nodes so thousands of small pods all get scheduled."""
-    return {"apiVersion": "v1", "kind": "List", "items": [{
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": f"kwok-bench-{i}", "annotations": {"kwok.x-k8s.io/node": "fake"},
-                     "labels": {"type": "kwok", "trainforge.io/bench": "true"}},
-        "status": {"allocatable": {"cpu": "1000", "memory": "4Ti", "pods": "1000"},
-                   "capacity": {"cpu": "1000", "memory": "4Ti", "pods": "1000"}},
-    } for i in range(count)]}
+    return {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {
+                "apiVersion": "v1",
+                "kind": "Node",
+                "metadata": {
+                    "name": f"kwok-bench-{i}",
+                    "annotations": {"kwok.x-k8s.io/node": "fake"},
+                    "labels": {"type": "kwok", "trainforge.io/bench": "true"},
+                },
+                "status": {
+                    "allocatable": {"cpu": "1000", "memory": "4Ti", "pods": "1000"},
+                    "capacity": {"cpu": "1000", "memory": "4Ti", "pods": "1000"},
+                },
+            }
+            for i in range(count)
+        ],
+    }
 
 
 def job(name: str, workers: int) -> dict[str, Any]:
-    return {"apiVersion": "trainforge.io/v1alpha1", "kind": "TrainingJob",
-            "metadata": {"name": name, "namespace": NAMESPACE},
-            "spec": {"workers": workers, "image": "example.com/trainer:1",
-                     "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
-                     "scheduling": {"nodeSelector": {"trainforge.io/bench": "true"}}}}
+    return {
+        "apiVersion": "trainforge.io/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {
+            "workers": workers,
+            "image": "example.com/trainer:1",
+            "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}},
+            "scheduling": {"nodeSelector": {"trainforge.io/bench": "true"}},
+        },
+    }
 
 
 class Watcher:
@@ -63,8 +82,10 @@ class Watcher:
         self.pod_added: dict[str, float] = {}
         self._api = api
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._watch, args=(kind,), daemon=True)
-                         for kind in ("jobs", "pods")]
+        self._threads = [
+            threading.Thread(target=self._watch, args=(kind,), daemon=True)
+            for kind in ("jobs", "pods")
+        ]
 
     def start(self) -> None:
         for t in self._threads:
@@ -77,13 +98,20 @@ class Watcher:
         w = kubernetes.watch.Watch()
         if kind == "jobs":
             custom = kubernetes.client.CustomObjectsApi(self._api)
-            stream = w.stream(custom.list_namespaced_custom_object, "trainforge.io",
-                              "v1alpha1", NAMESPACE, "trainingjobs", timeout_seconds=3600)
+            stream = w.stream(
+                custom.list_namespaced_custom_object,
+                "trainforge.io",
+                "v1alpha1",
+                NAMESPACE,
+                "trainingjobs",
+                timeout_seconds=3600,
+            )
             seen = self.job_added
         else:
             core = kubernetes.client.CoreV1Api(self._api)
-            stream = w.stream(core.list_namespaced_pod, NAMESPACE, timeout_seconds=3600,
-                              _preload_content=False)
+            stream = w.stream(
+                core.list_namespaced_pod, NAMESPACE, timeout_seconds=3600, _preload_content=False
+            )
             seen = self.pod_added
         for event in stream:
             if self._stop.is_set():
@@ -114,36 +142,50 @@ def operator_writes(lines: list[str]) -> int:
         ref = entry.get("objectRef", {})
         if entry.get("stage") != "ResponseComplete" or ref.get("namespace") != NAMESPACE:
             continue
-        if entry["verb"] in ("create", "update", "patch", "delete") and \
-                entry.get("userAgent", "").startswith("OpenAPI-Generator"):
+        if entry["verb"] in ("create", "update", "patch", "delete") and entry.get(
+            "userAgent", ""
+        ).startswith("OpenAPI-Generator"):
             writes += 1
     return writes
 
 
 def create_jobs(kubectl: Any, names: list[str], workers: int) -> None:
     items = [job(n, workers) for n in names]
-    kubectl("create", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                   "items": items}), timeout=600)
+    kubectl(
+        "create",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": items}),
+        timeout=600,
+    )
 
 
-def scenario(kubectl: Any, watcher: Watcher, operator_pid: int, state_dir: Path,
-             jobs: int, workers: int) -> dict[str, Any]:
+def scenario(
+    kubectl: Any, watcher: Watcher, operator_pid: int, state_dir: Path, jobs: int, workers: int
+) -> dict[str, Any]:
     names = [f"job-{i:04d}" for i in range(jobs)]
     audit_log = state_dir / "logs" / "audit.log"
     audit_before = len(audit_lines(audit_log))
     start = time.monotonic()
     create_jobs(kubectl, names, workers)
     expected = {f"{n}-worker-{w}" for n in names for w in range(workers)}
-    wait_for(lambda: expected <= watcher.pod_added.keys(), "all pods to exist",
-             timeout=1800, interval=0.5)
+    wait_for(
+        lambda: expected <= watcher.pod_added.keys(),
+        "all pods to exist",
+        timeout=1800,
+        interval=0.5,
+    )
     all_pods = max(watcher.pod_added[p] for p in expected) - start
     latencies = sorted(
         max(watcher.pod_added[f"{n}-worker-{w}"] for w in range(workers)) - watcher.job_added[n]
-        for n in names)
+        for n in names
+    )
     time.sleep(5)  # let the audit log flush and the status writes settle
     writes = operator_writes(audit_lines(audit_log)[audit_before:])
     return {
-        "jobs": jobs, "workers": workers, "pods": jobs * workers,
+        "jobs": jobs,
+        "workers": workers,
+        "pods": jobs * workers,
         "seconds_until_all_pods_exist": round(all_pods, 2),
         "job_latency_p50_s": round(statistics.median(latencies), 3),
         "job_latency_p95_s": round(latencies[int(0.95 * (len(latencies) - 1))], 3),
@@ -154,8 +196,9 @@ def scenario(kubectl: Any, watcher: Watcher, operator_pid: int, state_dir: Path,
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--rss-jobs", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=4)
@@ -164,8 +207,7 @@ def main() -> int:
 
     state_dir = Path(tempfile.mkdtemp(prefix="trainforge-bench-cluster-"))
     cluster = [sys.executable, str(REPO / "hack/cluster/cluster.py")]
-    subprocess.run([*cluster, "up", "--dir", str(state_dir)], check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run([*cluster, "up", "--dir", str(state_dir)], check=True, stdout=subprocess.DEVNULL)
     operator = None
     try:
         kubeconfig = state_dir / "kubeconfig"
@@ -175,25 +217,39 @@ def main() -> int:
         nodes = max(1, (args.rss_jobs * args.workers) // 900 + 1)
         kubectl("apply", "-f", "-", input=json.dumps(bench_nodes(nodes)))
         kubectl("create", "namespace", NAMESPACE)
-        wait_for(lambda: kubectl("get", "sa", "default", "-n", NAMESPACE,
-                                 check=False).returncode == 0, "default ServiceAccount")
-        operator = start_operator(kubeconfig, state_dir / "operator.log", "--log-format=plain",
-                                  "--resync-seconds=300")
+        wait_for(
+            lambda: kubectl("get", "sa", "default", "-n", NAMESPACE, check=False).returncode == 0,
+            "default ServiceAccount",
+        )
+        operator = start_operator(
+            kubeconfig, state_dir / "operator.log", "--log-format=plain", "--resync-seconds=300"
+        )
         api = kubernetes.config.new_client_from_config(str(kubeconfig))
         watcher = Watcher(api)
         watcher.start()
         time.sleep(3)  # operator and watches connected
 
-        results = {"load": scenario(kubectl, watcher, operator.process.pid, state_dir,
-                                    args.jobs, args.workers)}
+        results = {
+            "load": scenario(
+                kubectl, watcher, operator.process.pid, state_dir, args.jobs, args.workers
+            )
+        }
         kubectl("delete", "trainingjobs", "--all", "-n", NAMESPACE, "--wait=false")
-        wait_for(lambda: not json.loads(kubectl("get", "pods", "-n", NAMESPACE, "-o",
-                                                "json").stdout)["items"],
-                 "pods to be garbage-collected", timeout=900, interval=2)
+        wait_for(
+            lambda: (
+                not json.loads(kubectl("get", "pods", "-n", NAMESPACE, "-o", "json").stdout)[
+                    "items"
+                ]
+            ),
+            "pods to be garbage-collected",
+            timeout=900,
+            interval=2,
+        )
         watcher.job_added.clear()
         watcher.pod_added.clear()
-        results["rss"] = scenario(kubectl, watcher, operator.process.pid, state_dir,
-                                  args.rss_jobs, args.workers)
+        results["rss"] = scenario(
+            kubectl, watcher, operator.process.pid, state_dir, args.rss_jobs, args.workers
+        )
         watcher.stop()
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))
@@ -201,8 +257,9 @@ def main() -> int:
     finally:
         if operator:
             operator.stop()
-        subprocess.run([*cluster, "down", "--dir", str(state_dir)], check=False,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [*cluster, "down", "--dir", str(state_dir)], check=False, stdout=subprocess.DEVNULL
+        )
     return 0
 
 

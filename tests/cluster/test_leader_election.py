@@ -7,8 +7,9 @@ import json
 import urllib.request
 from pathlib import Path
 
-from kubetest import Cluster, Kubectl, Operator, start_operator, wait_for
 from test_trainingjob import job_manifest, running_workers
+
+from kubetest import Cluster, Kubectl, Operator, start_operator, wait_for
 
 
 def holder(kubectl: Kubectl, namespace: str) -> str:

@@ -17,17 +17,29 @@ SETTINGS = RenderSettings()
 
 def job(status: dict[str, Any] | None = None, **spec: Any) -> dict[str, Any]:
     return {
-        "apiVersion": contract.API_VERSION, "kind": "TrainingJob",
-        "metadata": {"name": "llm", "namespace": "ml", "uid": "uid-1", "generation": 3,
-                     "creationTimestamp": "2026-11-23T11:00:00Z"},
+        "apiVersion": contract.API_VERSION,
+        "kind": "TrainingJob",
+        "metadata": {
+            "name": "llm",
+            "namespace": "ml",
+            "uid": "uid-1",
+            "generation": 3,
+            "creationTimestamp": "2026-11-23T11:00:00Z",
+        },
         "spec": {"workers": 2, "image": "trainer:1", **spec},
         "status": status or {},
     }
 
 
 def pod(index: int, phase: str = "Running", attempt: int = 0, **kw: Any) -> PodView:
-    return PodView(name=f"llm-worker-{index}", uid=f"p{attempt}-{index}", index=index,
-                   attempt=attempt, phase=phase, **kw)
+    return PodView(
+        name=f"llm-worker-{index}",
+        uid=f"p{attempt}-{index}",
+        index=index,
+        attempt=attempt,
+        phase=phase,
+        **kw,
+    )
 
 
 def run(job_: dict[str, Any], pods: list[PodView], now: datetime = NOW, **kw: Any) -> Plan:
@@ -42,8 +54,12 @@ def kinds(result: Plan) -> list[str]:
     return [m["kind"] for m in result.create]
 
 
-RUNNING = {"phase": "Running", "restartAttempt": 0, "restarts": 0,
-           "startTime": "2026-11-23T11:00:00Z"}
+RUNNING = {
+    "phase": "Running",
+    "restartAttempt": 0,
+    "restarts": 0,
+    "startTime": "2026-11-23T11:00:00Z",
+}
 
 
 def test_new_job_creates_children_then_pods() -> None:
@@ -67,28 +83,65 @@ def test_all_workers_running_is_ready() -> None:
     assert cond(result, "Running")["status"] == "True"
     assert cond(result, "Ready")["status"] == "True"
     assert cond(result, "Reconciling")["status"] == "False"
-    assert result.status["workers"] == {"total": 2, "pending": 0, "running": 2, "ready": 2,
-                                        "succeeded": 0, "failed": 0}
+    assert result.status["workers"] == {
+        "total": 2,
+        "pending": 0,
+        "running": 2,
+        "ready": 2,
+        "succeeded": 0,
+        "failed": 0,
+    }
 
 
 @pytest.mark.parametrize(
     ("failed", "policy", "restarts", "phase", "reason", "counted"),
     [
         (pod(1, "Failed", exit_code=1), {}, 0, "Restarting", "WorkerFailed", True),
-        (pod(1, "Failed", exit_code=1), {"maxRestarts": 2}, 2, "Failed",
-         "MaxRestartsExceeded", False),
-        (pod(1, "Failed", exit_code=42), {"failOnExitCodes": [42]}, 0, "Failed",
-         "FailOnExitCode", False),
-        (pod(1, "Failed", exit_code=contract.EXIT_CONFIG_ERROR), {}, 0, "Failed",
-         "FailOnExitCode", False),
-        (pod(1, "Failed", disrupted=True), {"maxRestarts": 0}, 0, "Restarting",
-         "WorkersDisrupted", False),
-        (pod(1, "Failed", exit_code=contract.EXIT_PREEMPTED), {"maxRestarts": 0}, 0,
-         "Restarting", "WorkersDisrupted", False),
+        (
+            pod(1, "Failed", exit_code=1),
+            {"maxRestarts": 2},
+            2,
+            "Failed",
+            "MaxRestartsExceeded",
+            False,
+        ),
+        (
+            pod(1, "Failed", exit_code=42),
+            {"failOnExitCodes": [42]},
+            0,
+            "Failed",
+            "FailOnExitCode",
+            False,
+        ),
+        (
+            pod(1, "Failed", exit_code=contract.EXIT_CONFIG_ERROR),
+            {},
+            0,
+            "Failed",
+            "FailOnExitCode",
+            False,
+        ),
+        (
+            pod(1, "Failed", disrupted=True),
+            {"maxRestarts": 0},
+            0,
+            "Restarting",
+            "WorkersDisrupted",
+            False,
+        ),
+        (
+            pod(1, "Failed", exit_code=contract.EXIT_PREEMPTED),
+            {"maxRestarts": 0},
+            0,
+            "Restarting",
+            "WorkersDisrupted",
+            False,
+        ),
     ],
 )
-def test_worker_failure(failed: PodView, policy: dict[str, Any], restarts: int, phase: str,
-                        reason: str, counted: bool) -> None:
+def test_worker_failure(
+    failed: PodView, policy: dict[str, Any], restarts: int, phase: str, reason: str, counted: bool
+) -> None:
     status = {**RUNNING, "restarts": restarts}
     result = run(job(status, failurePolicy=policy), [pod(0), failed])
     assert result.status["phase"] == phase
@@ -135,9 +188,20 @@ def test_one_worker_done_is_still_running() -> None:
 
 @pytest.mark.parametrize("phase", ["Succeeded", "Failed"])
 def test_terminal_phases_are_sticky(phase: str) -> None:
-    status = {**RUNNING, "phase": phase, "completionTime": "2026-11-23T11:30:00Z",
-              "conditions": [{"type": phase, "status": "True", "reason": "Because",
-                              "message": "it ended", "lastTransitionTime": "x"}]}
+    status = {
+        **RUNNING,
+        "phase": phase,
+        "completionTime": "2026-11-23T11:30:00Z",
+        "conditions": [
+            {
+                "type": phase,
+                "status": "True",
+                "reason": "Because",
+                "message": "it ended",
+                "lastTransitionTime": "x",
+            }
+        ],
+    }
     result = run(job(status), [pod(0, "Running")])
     assert result.create == []
     assert [p.name for p in result.delete_pods] == ["llm-worker-0"]
@@ -207,14 +271,20 @@ def test_changed_pod_template_restarts_without_counting() -> None:
 
 def test_condition_transition_time_only_moves_on_change() -> None:
     first = run(job(RUNNING), [pod(0), pod(1)])
-    later = run(job({**RUNNING, "conditions": first.status["conditions"]}), [pod(0), pod(1)],
-                now=NOW + timedelta(minutes=5))
+    later = run(
+        job({**RUNNING, "conditions": first.status["conditions"]}),
+        [pod(0), pod(1)],
+        now=NOW + timedelta(minutes=5),
+    )
     assert cond(later, "Running")["lastTransitionTime"] == "2026-11-23T12:00:00Z"
 
 
 def test_progress_and_checkpoint_come_from_termination_messages() -> None:
-    record = {"step": 40, "loss": 2.5,
-              "checkpoint": {"step": 30, "path": "/checkpoints/step-00000030", "time": "t"}}
+    record = {
+        "step": 40,
+        "loss": 2.5,
+        "checkpoint": {"step": 30, "path": "/checkpoints/step-00000030", "time": "t"},
+    }
     status = {**RUNNING, "checkpoint": {"step": 20, "path": "/checkpoints/step-00000020"}}
     result = run(job(status), [pod(0, "Failed", exit_code=1, progress=record), pod(1)])
     assert result.status["checkpoint"]["step"] == 30
@@ -223,11 +293,20 @@ def test_progress_and_checkpoint_come_from_termination_messages() -> None:
 
 def test_pod_view_reads_the_trainer_container() -> None:
     raw = {
-        "metadata": {"name": "llm-worker-1", "uid": "u", "labels": {
-            contract.LABEL_WORKER_INDEX: "1", contract.LABEL_RESTART_ATTEMPT: "2"}},
-        "status": {"phase": "Failed", "containerStatuses": [{
-            "name": contract.CONTAINER_NAME,
-            "state": {"terminated": {"exitCode": 137, "message": "OOM at step 9"}}}]},
+        "metadata": {
+            "name": "llm-worker-1",
+            "uid": "u",
+            "labels": {contract.LABEL_WORKER_INDEX: "1", contract.LABEL_RESTART_ATTEMPT: "2"},
+        },
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {
+                    "name": contract.CONTAINER_NAME,
+                    "state": {"terminated": {"exitCode": 137, "message": "OOM at step 9"}},
+                }
+            ],
+        },
     }
     view = pod_view(raw)
     assert (view.index, view.attempt, view.exit_code) == (1, 2, 137)
