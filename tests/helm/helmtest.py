@@ -33,8 +33,12 @@ def run_helm(
 ) -> subprocess.CompletedProcess[str]:
     env_args = [f"--kubeconfig={kubeconfig}"] if kubeconfig else []
     with tempfile.TemporaryDirectory() as home:
-        # A private helm home: no repositories or plugins of the machine leak in.
+        # A private helm home: no repositories or plugins of the machine leak in. HOME too:
+        # without it helm writes its API discovery cache to .kube/cache in the current
+        # directory (the repository).
         env = {
+            "HOME": home,
+            "KUBECACHEDIR": f"{home}/.kube/cache",
             "HELM_CACHE_HOME": f"{home}/cache",
             "HELM_CONFIG_HOME": f"{home}/config",
             "HELM_DATA_HOME": f"{home}/data",

@@ -57,7 +57,6 @@ def test_default_watches_all_namespaces_with_a_cluster_role(helm: Path, tmp_path
         {"kind": "ServiceAccount", "name": "tf-trainforge", "namespace": "trainforge"}
     ]
     assert not find(docs, "Role") and not find(docs, "RoleBinding")
-    assert not find(docs, "ClusterKopfPeering") and not find(docs, "KopfPeering")
 
 
 def test_release_namespace_mode_uses_a_role_there(helm: Path, tmp_path: Path) -> None:
@@ -89,27 +88,62 @@ def test_every_mode_grants_the_same_operator_permissions(helm: Path, tmp_path: P
         assert granted(role["rules"]) == granted(cluster_rules)
 
 
-def test_ha_uses_peering_and_a_rolling_update(helm: Path, tmp_path: Path) -> None:
-    single = render(helm, {}, tmp_path)
-    assert find(single, "Deployment")[0]["spec"]["strategy"] == {"type": "Recreate"}
-    assert not any(a.startswith("--peering") for a in operator_args(single))
+def operator_env(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    [deployment] = find(docs, "Deployment")
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    return list(container.get("env", []))
 
-    docs = render(helm, MODES["ha-all"], tmp_path)
-    assert "--peering=tf-trainforge" in operator_args(docs)
-    assert find(docs, "Deployment")[0]["spec"]["strategy"]["type"] == "RollingUpdate"
-    assert [p["metadata"]["name"] for p in find(docs, "ClusterKopfPeering")] == ["tf-trainforge"]
+
+LEASE_RULES = {
+    "get coordination.k8s.io/leases (tf-trainforge)",
+    "update coordination.k8s.io/leases (tf-trainforge)",
+    "create coordination.k8s.io/leases",
+}
+
+
+def test_single_replica_runs_without_an_election(helm: Path, tmp_path: Path) -> None:
+    docs = render(helm, {}, tmp_path)
+    assert find(docs, "Deployment")[0]["spec"]["strategy"] == {"type": "Recreate"}
+    assert not any(a.startswith("--leader-election") for a in operator_args(docs))
+    assert operator_env(docs) == []
+    assert not find(docs, "PodDisruptionBudget")
     rules = granted(find(docs, "ClusterRole")[0]["rules"])
-    assert {str(p) for p in rules if p.group == "kopf.dev"} == {
-        "list kopf.dev/clusterkopfpeerings",
-        "watch kopf.dev/clusterkopfpeerings",
-        "patch kopf.dev/clusterkopfpeerings (tf-trainforge)",
-    }
+    assert not {p for p in rules if p.resource == "leases"}
 
-    namespaced = render(helm, MODES["ha-list"], tmp_path)
-    assert [
-        (p["metadata"]["namespace"], p["metadata"]["name"]) for p in find(namespaced, "KopfPeering")
-    ] == [("team-a", "tf-trainforge")]
-    assert find(namespaced, "PodDisruptionBudget")[0]["spec"]["minAvailable"] == 1
+
+@pytest.mark.parametrize("mode", ["ha-all", "ha-list"])
+def test_ha_elects_a_leader_on_a_lease_in_the_release_namespace(
+    helm: Path, tmp_path: Path, mode: str
+) -> None:
+    docs = render(helm, {**MODES[mode], "leaderElection": {"leaseDurationSeconds": 20}}, tmp_path)
+    args = operator_args(docs)
+    assert "--leader-election-lease=trainforge/tf-trainforge" in args
+    assert "--lease-duration-seconds=20" in args
+    assert operator_env(docs) == [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    ]
+    assert find(docs, "Deployment")[0]["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert find(docs, "PodDisruptionBudget")[0]["spec"]["minAvailable"] == 1
+
+    # The Lease permissions: a Role in the release namespace only, even with a ClusterRole.
+    [role] = [r for r in find(docs, "Role") if r["metadata"]["name"].endswith("leader-election")]
+    assert role["metadata"]["namespace"] == "trainforge"
+    assert {str(p) for p in granted(role["rules"])} == LEASE_RULES
+    [binding] = [
+        b for b in find(docs, "RoleBinding") if b["metadata"]["name"] == role["metadata"]["name"]
+    ]
+    assert binding["metadata"]["namespace"] == "trainforge"
+    assert binding["roleRef"]["name"] == role["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "tf-trainforge", "namespace": "trainforge"}
+    ]
+    watch_roles = [r for r in find(docs, "Role") + find(docs, "ClusterRole") if r is not role]
+    assert watch_roles
+    for watch_role in watch_roles:
+        assert not {p for p in granted(watch_role["rules"]) if p.resource == "leases"}
+    # Nothing of kopf's peering is left.
+    assert not {d["kind"] for d in docs} & {"ClusterKopfPeering", "KopfPeering"}
+    assert not any("peering" in a for a in args)
 
 
 def test_operator_pod_is_hardened(helm: Path, tmp_path: Path) -> None:
@@ -185,6 +219,11 @@ INVALID: list[tuple[dict[str, Any], str]] = [
         'watch.namespaces is set but watch.scope is "all": set watch.scope=list',
     ),
     ({"replicaCount": 0}, "at '/replicaCount': minimum: got 0, want 1"),
+    (
+        {"leaderElection": {"leaseDurationSeconds": 1}},
+        "at '/leaderElection/leaseDurationSeconds': minimum: got 1, want 5",
+    ),
+    ({"peering": {"name": "x"}}, "additional properties 'peering' not allowed"),
     ({"image": {"tag": 1.2}}, "at '/image/tag': got number, want string"),
     ({"imagee": {"tag": "x"}}, "additional properties 'imagee' not allowed"),
     (
@@ -243,17 +282,10 @@ def test_kube_version_range_is_enforced(helm: Path) -> None:
 
 # --- CRDs ---------------------------------------------------------------------------------------
 
-# The chart's own CRDs, not generated by trainforge.api.crdgen.
-CHART_ONLY_CRDS = {"kopf-peerings.yaml"}
 
-
-def test_chart_crds_are_the_generated_ones() -> None:
-    generated = {p.name: p.read_bytes() for p in (REPO / "crds").glob("*.yaml")}
-    shipped = {
-        p.name: p.read_bytes()
-        for p in (CHART / "crds").glob("*.yaml")
-        if p.name not in CHART_ONLY_CRDS
-    }
+def test_chart_crds_are_exactly_the_generated_ones() -> None:
+    generated = {p.name: p.read_bytes() for p in (REPO / "crds").iterdir()}
+    shipped = {p.name: p.read_bytes() for p in (CHART / "crds").iterdir()}
     assert generated, "no generated CRDs in crds/"
     stale = sorted(
         n for n in generated.keys() | shipped.keys() if generated.get(n) != shipped.get(n)

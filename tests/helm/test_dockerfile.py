@@ -108,7 +108,7 @@ def test_install_step_gives_the_operator_without_torch(tmp_path: Path) -> None:
         timeout=60,
     )
     assert help_text.returncode == 0, help_text.stderr
-    for flag in ("--namespace", "--peering", "--trainer-image", "--liveness-port"):
+    for flag in ("--namespace", "--leader-election-lease", "--trainer-image", "--liveness-port"):
         assert flag in help_text.stdout
     missing = subprocess.run(
         [

@@ -41,18 +41,21 @@ def _train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["serve"]:
+        # The server parses its own flags (argparse's REMAINDER would refuse them here).
+        from trainforge_trainer.serve import main as serve_main
+
+        return serve_main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m trainforge_trainer")
     commands = parser.add_subparsers(dest="command", required=True)
     train = commands.add_parser("train", help="train (single process or under torchrun)")
     train.add_argument("--config", help="YAML/JSON trainer config (default: TRAINFORGE_CONFIG)")
     train.add_argument("--entrypoint", help="module:function building model, datasets, loss")
-    serve = commands.add_parser("serve", help="serve a checkpoint (Open Inference Protocol)")
-    serve.add_argument("serve_args", nargs=argparse.REMAINDER)
+    commands.add_parser(
+        "serve", help="serve a checkpoint (Open Inference Protocol); see `serve --help`"
+    )
     args = parser.parse_args(argv)
-    if args.command == "serve":
-        from trainforge_trainer.serve import main as serve_main
-
-        return serve_main(args.serve_args)
     return _train(args, os.environ)
 
 

@@ -64,11 +64,12 @@ app.kubernetes.io/part-of: trainforge
 {{- end -}}
 {{- end -}}
 
-{{/* HA: more than one replica coordinates through kopf peering. */}}
+{{/* HA: more than one replica; they elect a leader on a Lease and only the leader reconciles. */}}
 {{- define "trainforge.ha" -}}
 {{- if gt (int .Values.replicaCount) 1 }}true{{ end -}}
 {{- end -}}
 
-{{- define "trainforge.peeringName" -}}
-{{- default (include "trainforge.fullname" .) .Values.peering.name -}}
+{{/* The Lease of the leader election: in the release namespace, named after the release. */}}
+{{- define "trainforge.leaseName" -}}
+{{- include "trainforge.fullname" . -}}
 {{- end -}}

@@ -1,14 +1,16 @@
 {{/*
-The operator's API permissions: the one list both the ClusterRole (scope all) and the
-per-namespace Roles render. Least privilege: every verb below is a call the operator makes;
-the comment on each rule names the caller. tests/helm/test_install.py compares the list with
-the calls a real operator run makes (and `kubectl auth can-i`); docs/install.md explains it.
+The operator's API permissions. Least privilege: every verb below is a call the operator
+makes; the comment on each rule names the caller. tests/helm/test_install.py compares them
+with the calls a real operator run makes (and `kubectl auth can-i`); docs/install.md has the
+same list as a table.
 
-Deliberately NOT granted (cluster-wide reads a namespaced install should not need):
-- customresourcedefinitions and namespaces (list/watch): kopf uses them to notice new CRDs
-  and namespaces at runtime; when forbidden it logs a warning and serves the resources and
-  namespaces it found at startup.
-- kopf's own Events: the operator disables kopf's event posting and records its own.
+- trainforge.rules: in each watched namespace (or cluster-wide with watch.scope all), the
+  one list both the ClusterRole and the per-namespace Roles render.
+- trainforge.leaderElectionRules: HA only (replicaCount > 1), in the release namespace only,
+  whatever the watch scope.
+
+Nothing cluster-scoped is needed in namespaced mode: the operator turns kopf's scanning of
+namespaces and CRDs off, and records its own Events instead of kopf's.
 */}}
 {{- define "trainforge.rules" -}}
 # TrainingJobs: kopf lists + watches them (indexes and event handlers; InferenceServices
@@ -82,16 +84,19 @@ Deliberately NOT granted (cluster-wide reads a namespaced install should not nee
 - apiGroups: [k8s.cni.cncf.io]
   resources: [network-attachment-definitions]
   verbs: [get]
-{{- if include "trainforge.ha" . }}
-{{- $peerings := ternary "clusterkopfpeerings" "kopfpeerings" (eq (include "trainforge.clusterwide" .) "true") }}
-# HA (replicaCount > 1): kopf watches the peering objects and writes its keep-alive into
-# the one it uses (and no other).
-- apiGroups: [kopf.dev]
-  resources: [{{ $peerings }}]
-  verbs: [list, watch]
-- apiGroups: [kopf.dev]
-  resources: [{{ $peerings }}]
-  resourceNames: [{{ include "trainforge.peeringName" . | quote }}]
-  verbs: [patch]
-{{- end }}
+{{- end -}}
+
+{{/* HA: the leader election Lease (operator/trainforge/leader.py) in the release namespace.
+A replica reads the Lease (get) and renews or takes it over with a resourceVersion-guarded
+PUT (update): both are limited to the release's Lease by name. The first replica creates
+it (create): RBAC cannot limit create by resourceNames, as the name is not part of the URL
+of a POST, so create covers any Lease in the release namespace. */}}
+{{- define "trainforge.leaderElectionRules" -}}
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  resourceNames: [{{ include "trainforge.leaseName" . | quote }}]
+  verbs: [get, update]
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [create]
 {{- end -}}
