@@ -161,6 +161,14 @@ def test_default_command_is_torchrun_with_static_rendezvous_at_worker_0() -> Non
     assert "args" not in trainer
 
 
+def test_one_process_per_worker_runs_the_trainer_without_torchrun() -> None:
+    """SIGTERM must reach the trainer (it checkpoints, exits 143); env:// has what it needs."""
+    trainer = container({"workers": 3}, index=2)
+    values = {var["name"]: var["value"] for var in trainer["env"]}
+    assert trainer["command"] == ["python", "-m", "trainforge_trainer", "train"]
+    assert (values["RANK"], values["LOCAL_RANK"], values["WORLD_SIZE"]) == ("2", "0", "3")
+
+
 @pytest.mark.parametrize(
     ("spec", "command", "args"),
     [
@@ -178,7 +186,6 @@ def test_user_command_and_args(
 ) -> None:
     trainer = container(spec)
     if command is None:
-        assert trainer["command"][0] == "torchrun"
         assert trainer["command"][-3:] == ["-m", "trainforge_trainer", "train"]
     else:
         assert trainer["command"] == command

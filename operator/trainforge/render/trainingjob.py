@@ -272,13 +272,18 @@ def pod_group(job: JobRef, spec: TrainingJobSpec) -> dict[str, Any] | None:
 # --- worker pod ------------------------------------------------------------------------------
 
 
-def default_command() -> list[str]:
-    """torchrun with the static rendezvous at worker 0, then the bundled trainer.
+def default_command(procs_per_worker: int) -> list[str]:
+    """The bundled trainer: straight under the pod with one process per worker, else under
+    torchrun with the static rendezvous at worker 0.
 
-    `$(VAR)` references are expanded by the kubelet from the container's environment, so
-    the command line stays readable in `kubectl get pod -o yaml` and a local runner only has
-    to change the environment.
+    Without torchrun in between, the kubelet's SIGTERM reaches the trainer itself, which
+    checkpoints and exits 143 (torchrun would exit with its own code and SIGKILL a save that
+    outlasts its 30 s grace). `$(VAR)` references are expanded by the kubelet from the
+    container's environment, so the command line stays readable in `kubectl get pod -o
+    yaml` and a local runner only has to change the environment.
     """
+    if procs_per_worker == 1:
+        return ["python", "-m", TRAINER_MODULE, "train"]
     return [
         "torchrun",
         f"--nnodes=$({contract.ENV_NNODES})",
@@ -403,7 +408,9 @@ def _trainer_container(
     container: dict[str, Any] = {
         "name": contract.CONTAINER_NAME,
         "image": spec.image or settings.default_image,
-        "command": list(spec.command) if spec.command is not None else default_command(),
+        "command": list(spec.command)
+        if spec.command is not None
+        else default_command(spec.effective_procs_per_worker),
     }
     if spec.args is not None:
         container["args"] = list(spec.args)
