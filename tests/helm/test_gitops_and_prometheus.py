@@ -164,7 +164,7 @@ def live(
     end_worker(kubectl, ns, "failed", 3)
     expected = {
         ("TrainingJob", "running"): lambda o: phase(o) == "Running",
-        ("TrainingJob", "pending"): lambda o: phase(o) == "Pending",
+        ("TrainingJob", "pending"): lambda o: condition(o, "Unschedulable") == "True",
         ("TrainingJob", "succeeded"): lambda o: phase(o) == "Succeeded",
         ("TrainingJob", "failed"): lambda o: phase(o) == "Failed",
         ("TrainingJob", "stalled"): lambda o: condition(o, "Stalled") == "True",
@@ -208,26 +208,43 @@ def test_reapplying_the_manifests_changes_nothing(
         assert current["metadata"]["labels"] == wanted["labels"]
         assert set(current["metadata"].get("annotations", {})) == set(wanted["annotations"])
         # Only the gitops manager owns spec fields; the operator's writes are status only.
-        for entry in current["metadata"]["managedFields"]:
+        fields = kubectl(
+            "get",
+            *key(dry),
+            "-n",
+            ns,
+            "--show-managed-fields",
+            "-o",
+            "jsonpath={.metadata.managedFields}",
+        ).stdout
+        for entry in json.loads(fields):
             if entry["manager"] != "gitops":
                 assert entry.get("subresource") == "status", entry
 
     diff = kubectl("diff", "--server-side", GITOPS, "-n", ns, "-f", str(manifests), check=False)
     assert diff.returncode == 0, diff.stdout + diff.stderr
+    # ... while a real change in Git does show (exit code 1: differences found).
+    relabelled = trainingjob("running")
+    relabelled["metadata"]["labels"]["team"] = "research"
+    changed = manifests.with_name("changed.yaml")
+    changed.write_text(yaml.safe_dump(relabelled))
+    diff = kubectl("diff", "--server-side", GITOPS, "-n", ns, "-f", str(changed), check=False)
+    assert diff.returncode == 1 and "+    team: research" in diff.stdout, diff.stdout + diff.stderr
 
 
-# --- Argo CD health of the live objects ------------------------------------------------------------
+# --- Argo CD health of the live objects ----------------------------------------------------------
 
 LUA = shutil.which("lua5.4")
 
+# Argo CD's health status and a part of its message (the operator's own words).
 HEALTH = {
-    ("TrainingJob", "running"): ("Progressing", "Running"),
-    ("TrainingJob", "pending"): ("Progressing", "Pending"),
+    ("TrainingJob", "running"): ("Progressing", "Running: all 1 workers are running"),
+    ("TrainingJob", "pending"): ("Progressing", "Pending: pending-worker-0: 0/5 nodes are"),
     ("TrainingJob", "succeeded"): ("Healthy", "All workers succeeded"),
-    ("TrainingJob", "failed"): ("Degraded", "exit"),
-    ("TrainingJob", "stalled"): ("Degraded", "missing-rail"),
-    ("InferenceService", "ready"): ("Healthy", "1/1"),
-    ("InferenceService", "unservable"): ("Degraded", "missing-claim"),
+    ("TrainingJob", "failed"): ("Degraded", "failed-worker-0 (exit code 3) failed"),
+    ("TrainingJob", "stalled"): ("Degraded", "/missing-rail does not exist"),
+    ("InferenceService", "ready"): ("Healthy", "1/1 replicas available"),
+    ("InferenceService", "unservable"): ("Degraded", "/missing-claim does not exist"),
 }
 
 
