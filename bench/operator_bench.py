@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -113,14 +114,19 @@ class Watcher:
                 core.list_namespaced_pod, NAMESPACE, timeout_seconds=3600, _preload_content=False
             )
             seen = self.pod_added
-        for event in stream:
-            if self._stop.is_set():
-                w.stop()
-                return
-            if event["type"] == "ADDED":
-                obj = event["object"]
-                name = obj["metadata"]["name"] if isinstance(obj, dict) else obj.metadata.name
-                seen.setdefault(name, time.monotonic())
+        try:
+            for event in stream:
+                if self._stop.is_set():
+                    break
+                if event["type"] == "ADDED":
+                    obj = event["object"]
+                    name = obj["metadata"]["name"] if isinstance(obj, dict) else obj.metadata.name
+                    seen.setdefault(name, time.monotonic())
+        except Exception:
+            if not self._stop.is_set():  # the cluster going away at the end is expected
+                raise
+        finally:
+            w.stop()
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -130,23 +136,51 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def component_pids(state_dir: Path, operator_pid: int) -> dict[str, int]:
+    state = json.loads((state_dir / "state.json").read_text())
+    pids = {name: proc["pid"] for name, proc in state["processes"].items()}
+    return {**pids, "trainforge-operator": operator_pid}
+
+
 def audit_lines(audit_log: Path) -> list[str]:
     return audit_log.read_text().splitlines() if audit_log.exists() else []
 
 
-def operator_writes(lines: list[str]) -> int:
+def operator_writes(lines: list[str]) -> list[dict[str, Any]]:
     """Writes by the operator: kube.py is its only writer, with the Python client's agent."""
-    writes = 0
+    writes = []
     for line in lines:
         entry = json.loads(line)
         ref = entry.get("objectRef", {})
         if entry.get("stage") != "ResponseComplete" or ref.get("namespace") != NAMESPACE:
             continue
-        if entry["verb"] in ("create", "update", "patch", "delete") and entry.get(
-            "userAgent", ""
-        ).startswith("OpenAPI-Generator"):
-            writes += 1
+        agent = entry.get("userAgent", "")
+        if entry["verb"] in ("create", "update", "patch", "delete") and agent.startswith(
+            "OpenAPI-Generator"
+        ):
+            writes.append(entry)
     return writes
+
+
+def writes_until_workers_exist(writes: list[dict[str, Any]], names: list[str]) -> float:
+    """Mean per job of the operator's writes up to its last worker pod's creation (the
+    issue's measure), attributing each write to its job by object name."""
+    by_job: dict[str, list[tuple[str, str, str]]] = {n: [] for n in names}
+    for entry in writes:
+        ref = entry["objectRef"]
+        job = ref.get("name", "").split("-worker-")[0]
+        if job in by_job:
+            by_job[job].append((entry["stageTimestamp"], ref["resource"], entry["verb"]))
+    counts = []
+    for entries in by_job.values():
+        last = max(t for t, resource, verb in entries if resource == "pods" and verb == "create")
+        counts.append(sum(1 for t, _, _ in entries if t <= last))
+    return statistics.mean(counts)
 
 
 def create_jobs(kubectl: Any, names: list[str], workers: int) -> None:
@@ -166,6 +200,8 @@ def scenario(
     names = [f"job-{i:04d}" for i in range(jobs)]
     audit_log = state_dir / "logs" / "audit.log"
     audit_before = len(audit_lines(audit_log))
+    pids = component_pids(state_dir, operator_pid)
+    cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     start = time.monotonic()
     create_jobs(kubectl, names, workers)
     expected = {f"{n}-worker-{w}" for n in names for w in range(workers)}
@@ -176,6 +212,7 @@ def scenario(
         interval=0.5,
     )
     all_pods = max(watcher.pod_added[p] for p in expected) - start
+    cpu = {name: round(cpu_seconds(pid) - cpu_before[name], 1) for name, pid in pids.items()}
     latencies = sorted(
         max(watcher.pod_added[f"{n}-worker-{w}"] for w in range(workers)) - watcher.job_added[n]
         for n in names
@@ -190,8 +227,11 @@ def scenario(
         "job_latency_p50_s": round(statistics.median(latencies), 3),
         "job_latency_p95_s": round(latencies[int(0.95 * (len(latencies) - 1))], 3),
         "operator_peak_rss_mb": round(peak_rss_mb(operator_pid), 1),
-        "operator_writes_total": writes,
-        "operator_writes_per_job": round(writes / jobs, 2),
+        "operator_writes_per_job_until_workers_exist": round(
+            writes_until_workers_exist(writes, names), 2
+        ),
+        "operator_writes_per_job_including_status_updates": round(len(writes) / jobs, 2),
+        "cpu_seconds_until_all_pods_exist": cpu,
     }
 
 
@@ -234,22 +274,23 @@ def main() -> int:
                 kubectl, watcher, operator.process.pid, state_dir, args.jobs, args.workers
             )
         }
-        kubectl("delete", "trainingjobs", "--all", "-n", NAMESPACE, "--wait=false")
-        wait_for(
-            lambda: (
-                not json.loads(kubectl("get", "pods", "-n", NAMESPACE, "-o", "json").stdout)[
-                    "items"
-                ]
-            ),
-            "pods to be garbage-collected",
-            timeout=900,
-            interval=2,
-        )
-        watcher.job_added.clear()
-        watcher.pod_added.clear()
-        results["rss"] = scenario(
-            kubectl, watcher, operator.process.pid, state_dir, args.rss_jobs, args.workers
-        )
+        if args.rss_jobs:
+            kubectl("delete", "trainingjobs", "--all", "-n", NAMESPACE, "--wait=false")
+            wait_for(
+                lambda: (
+                    not json.loads(kubectl("get", "pods", "-n", NAMESPACE, "-o", "json").stdout)[
+                        "items"
+                    ]
+                ),
+                "pods to be garbage-collected",
+                timeout=900,
+                interval=2,
+            )
+            watcher.job_added.clear()
+            watcher.pod_added.clear()
+            results["rss"] = scenario(
+                kubectl, watcher, operator.process.pid, state_dir, args.rss_jobs, args.workers
+            )
         watcher.stop()
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))

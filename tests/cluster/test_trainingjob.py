@@ -54,6 +54,14 @@ def worker_pods(kubectl: Kubectl, ns: str, job: str) -> list[dict[str, Any]]:
     return sorted(json.loads(out.stdout)["items"], key=lambda p: p["metadata"]["name"])
 
 
+def apply(kubectl: Kubectl, namespace: str, manifest: str) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
+
+
+def running(kubectl: Kubectl, ns: str, job: str) -> list[dict[str, Any]]:
+    return [p for p in worker_pods(kubectl, ns, job) if p["status"].get("phase") == "Running"]
+
+
 def condition(job: dict[str, Any], type_: str) -> dict[str, Any]:
     return next((c for c in job.get("status", {}).get("conditions", []) if c["type"] == type_), {})
 
@@ -93,13 +101,10 @@ def end_pod(
 
 
 def test_two_worker_gpu_job_succeeds(operator: Operator, kubectl: Kubectl, namespace: str) -> None:
-    kubectl(
-        "apply",
-        "-n",
+    apply(
+        kubectl,
         namespace,
-        "-f",
-        "-",
-        input=job_manifest("llm", checkpoint={"volumeClaimTemplate": {"size": "10Gi"}}),
+        job_manifest("llm", checkpoint={"volumeClaimTemplate": {"size": "10Gi"}}),
     )
     pods = running_workers(kubectl, namespace, "llm", 2)
 
@@ -158,14 +163,7 @@ def test_two_worker_gpu_job_succeeds(operator: Operator, kubectl: Kubectl, names
 def test_retryable_failure_restarts_the_whole_gang(
     operator: Operator, kubectl: Kubectl, namespace: str
 ) -> None:
-    kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        input=job_manifest("flaky", failurePolicy={"maxRestarts": 3}),
-    )
+    apply(kubectl, namespace, job_manifest("flaky", failurePolicy={"maxRestarts": 3}))
     first = running_workers(kubectl, namespace, "flaky", 2, attempt=0)
     end_pod(kubectl, namespace, "flaky-worker-1", 1)
 
@@ -195,14 +193,7 @@ def test_retryable_failure_restarts_the_whole_gang(
 def test_failures_beyond_max_restarts_fail_for_good(
     operator: Operator, kubectl: Kubectl, namespace: str
 ) -> None:
-    kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        input=job_manifest("doomed", workers=1, failurePolicy={"maxRestarts": 1}),
-    )
+    apply(kubectl, namespace, job_manifest("doomed", workers=1, failurePolicy={"maxRestarts": 1}))
     for attempt in (0, 1):
         running_workers(kubectl, namespace, "doomed", 1, attempt=attempt)
         end_pod(kubectl, namespace, "doomed-worker-0", 2)
@@ -220,13 +211,10 @@ def test_failures_beyond_max_restarts_fail_for_good(
 def test_exit_code_in_fail_on_exit_codes_fails_at_once(
     operator: Operator, kubectl: Kubectl, namespace: str
 ) -> None:
-    kubectl(
-        "apply",
-        "-n",
+    apply(
+        kubectl,
         namespace,
-        "-f",
-        "-",
-        input=job_manifest("oom", failurePolicy={"maxRestarts": 5, "failOnExitCodes": [42]}),
+        job_manifest("oom", failurePolicy={"maxRestarts": 5, "failOnExitCodes": [42]}),
     )
     running_workers(kubectl, namespace, "oom", 2)
     end_pod(kubectl, namespace, "oom-worker-0", 42)
@@ -234,27 +222,13 @@ def test_exit_code_in_fail_on_exit_codes_fails_at_once(
     assert condition(job, "Failed")["reason"] == "FailOnExitCode"
     assert job["status"]["restarts"] == 0
     # The surviving worker is stopped so its GPUs are freed.
-    wait_for(
-        lambda: (
-            not any(
-                p["status"]["phase"] == "Running" for p in worker_pods(kubectl, namespace, "oom")
-            )
-        ),
-        "the other worker to be deleted",
-    )
+    wait_for(lambda: not running(kubectl, namespace, "oom"), "the other worker to be deleted")
 
 
 def test_disruption_restarts_without_counting(
     operator: Operator, kubectl: Kubectl, namespace: str
 ) -> None:
-    kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        input=job_manifest("preempted", failurePolicy={"maxRestarts": 0}),
-    )
+    apply(kubectl, namespace, job_manifest("preempted", failurePolicy={"maxRestarts": 0}))
     running_workers(kubectl, namespace, "preempted", 2)
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     kubectl(
@@ -292,7 +266,7 @@ def test_disruption_restarts_without_counting(
 def test_suspend_deletes_workers_and_resume_recreates(
     operator: Operator, kubectl: Kubectl, namespace: str
 ) -> None:
-    kubectl("apply", "-n", namespace, "-f", "-", input=job_manifest("pausable"))
+    apply(kubectl, namespace, job_manifest("pausable"))
     running_workers(kubectl, namespace, "pausable", 2)
     kubectl(
         "patch",
@@ -328,32 +302,16 @@ def test_suspend_deletes_workers_and_resume_recreates(
 def test_active_deadline_fails_the_job(
     operator: Operator, kubectl: Kubectl, namespace: str
 ) -> None:
-    kubectl(
-        "apply", "-n", namespace, "-f", "-", input=job_manifest("slow", activeDeadlineSeconds=3)
-    )
+    apply(kubectl, namespace, job_manifest("slow", activeDeadlineSeconds=3))
     job = wait_phase(kubectl, namespace, "slow", "Failed", timeout=30)
     assert condition(job, "Failed")["reason"] == "DeadlineExceeded"
-    wait_for(
-        lambda: (
-            not any(
-                p["status"]["phase"] == "Running" for p in worker_pods(kubectl, namespace, "slow")
-            )
-        ),
-        "workers to be stopped",
-    )
+    wait_for(lambda: not running(kubectl, namespace, "slow"), "workers to be stopped")
 
 
 def test_ttl_after_finished_deletes_the_job(
     operator: Operator, kubectl: Kubectl, namespace: str
 ) -> None:
-    kubectl(
-        "apply",
-        "-n",
-        namespace,
-        "-f",
-        "-",
-        input=job_manifest("shortlived", workers=1, ttlSecondsAfterFinished=2),
-    )
+    apply(kubectl, namespace, job_manifest("shortlived", workers=1, ttlSecondsAfterFinished=2))
     running_workers(kubectl, namespace, "shortlived", 1)
     end_pod(kubectl, namespace, "shortlived-worker-0", 0)
     wait_for(
@@ -369,8 +327,8 @@ def test_ttl_after_finished_deletes_the_job(
 def test_unschedulable_gang_reports_the_schedulers_message(
     operator: Operator, kubectl: Kubectl, namespace: str
 ) -> None:
-    kubectl(
-        "apply", "-n", namespace, "-f", "-", input=job_manifest("huge", workers=8, gpus=8)
+    apply(
+        kubectl, namespace, job_manifest("huge", workers=8, gpus=8)
     )  # 64 GPUs; the cluster has 32
 
     def unschedulable() -> dict[str, Any]:
@@ -387,13 +345,10 @@ def test_unschedulable_gang_reports_the_schedulers_message(
 def test_missing_network_attachment_stalls_with_a_fix(
     operator: Operator, kubectl: Kubectl, namespace: str
 ) -> None:
-    kubectl(
-        "apply",
-        "-n",
+    apply(
+        kubectl,
         namespace,
-        "-f",
-        "-",
-        input=job_manifest(
+        job_manifest(
             "rdma",
             network={
                 "rdma": {
@@ -440,14 +395,7 @@ def test_operator_killed_mid_gang_converges(
     exactly one pod per worker index."""
     operator.kill()
     try:
-        kubectl(
-            "apply",
-            "-n",
-            namespace,
-            "-f",
-            "-",
-            input=job_manifest("big", workers=40, gpus=0, cpu="100m"),
-        )
+        apply(kubectl, namespace, job_manifest("big", workers=40, gpus=0, cpu="100m"))
         first = start_operator(cluster.kubeconfig, tmp_path / "first.log", "--workers=1")
         wait_for(
             lambda: len(worker_pods(kubectl, namespace, "big")) >= 3,
