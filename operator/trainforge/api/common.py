@@ -144,9 +144,34 @@ def cel(
     return entry
 
 
+def cel_list(values: tuple[str, ...]) -> str:
+    """A CEL list literal of strings."""
+    return "[" + ", ".join(f"'{value}'" for value in values) + "]"
+
+
 def cel_rules(*rules: dict[str, str]) -> dict[str, Any]:
     """`json_schema_extra` carrying CEL rules into the generated CRD."""
     return {"x-kubernetes-validations": list(rules)}
+
+
+ENV_VALUE_OR_SOURCE = cel(
+    "!(has(self.value) && has(self.valueFrom))", "set either value or valueFrom, not both"
+)
+
+
+class EnvVarFields(ApiModel):
+    """core/v1 EnvVar's fields; each kind adds the names its operator reserves."""
+
+    name: str = Field(max_length=256, pattern=ENV_NAME_PATTERN)
+    """Name of the variable."""
+    value: str | None = Field(default=None, max_length=32768)
+    """Literal value; `$(VAR)` references to earlier variables are expanded by the kubelet."""
+    value_from: dict[str, Any] | None = None
+    """Source of the value (core/v1 EnvVarSource: secretKeyRef, configMapKeyRef, fieldRef…)."""
+
+    def check_value_or_source(self) -> None:
+        if self.value is not None and self.value_from is not None:
+            raise ValueError(f"env {self.name}: set either value or valueFrom, not both")
 
 
 class InvalidSpec(ValueError):

@@ -24,12 +24,14 @@ from trainforge import contract
 from trainforge.api.common import (
     DNS_1035_LABEL_PATTERN,
     DNS_SUBDOMAIN_PATTERN,
-    ENV_NAME_PATTERN,
+    ENV_VALUE_OR_SOURCE,
     ApiModel,
     Condition,
+    EnvVarFields,
     InvalidSpec,
     Quantity,
     cel,
+    cel_list,
     cel_rules,
     describe_errors,
 )
@@ -65,10 +67,6 @@ OPERATOR_ENV_NAMES = (
 OPERATOR_POD_FIELDS = ("restartPolicy",)
 
 Quantize = Literal["none", "int8"]
-
-
-def _cel_list(values: tuple[str, ...]) -> str:
-    return "[" + ", ".join(f"'{value}'" for value in values) + "]"
 
 
 # --- model source ----------------------------------------------------------------------------
@@ -188,13 +186,13 @@ class Autoscaling(ApiModel):
 # --- container -------------------------------------------------------------------------------
 
 
-class EnvVar(ApiModel):
+class EnvVar(EnvVarFields):
     """An environment variable of the server container (core/v1 EnvVar)."""
 
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
             cel(
-                f"!(self.name in {_cel_list(OPERATOR_ENV_NAMES)})",
+                f"!(self.name in {cel_list(OPERATOR_ENV_NAMES)})",
                 "this env name is set by trainforge from spec.model and spec.server; set "
                 "those fields instead",
                 message_expression=(
@@ -203,19 +201,9 @@ class EnvVar(ApiModel):
                 ),
                 field_path=".name",
             ),
-            cel(
-                "!(has(self.value) && has(self.valueFrom))",
-                "set either value or valueFrom, not both",
-            ),
+            ENV_VALUE_OR_SOURCE,
         )
     )
-
-    name: str = Field(max_length=256, pattern=ENV_NAME_PATTERN)
-    """Name of the variable."""
-    value: str | None = Field(default=None, max_length=32768)
-    """Literal value; `$(VAR)` references to earlier variables are expanded by the kubelet."""
-    value_from: dict[str, Any] | None = None
-    """Source of the value (core/v1 EnvVarSource: secretKeyRef, configMapKeyRef, fieldRef…)."""
 
     @model_validator(mode="after")
     def _not_owned_by_operator(self) -> EnvVar:
@@ -224,8 +212,7 @@ class EnvVar(ApiModel):
                 f"env {self.name} is set by trainforge from spec.model and spec.server; set "
                 "those fields instead"
             )
-        if self.value is not None and self.value_from is not None:
-            raise ValueError(f"env {self.name}: set either value or valueFrom, not both")
+        self.check_value_or_source()
         return self
 
 

@@ -27,14 +27,16 @@ from trainforge.api.common import (
     DNS_1035_LABEL_PATTERN,
     DNS_LABEL_PATTERN,
     DNS_SUBDOMAIN_PATTERN,
-    ENV_NAME_PATTERN,
+    ENV_VALUE_OR_SOURCE,
     LABEL_KEY_PATTERN,
     RESOURCE_NAME_PATTERN,
     ApiModel,
     Condition,
+    EnvVarFields,
     InvalidSpec,
     Quantity,
     cel,
+    cel_list,
     cel_rules,
     describe_errors,
 )
@@ -79,10 +81,6 @@ LabelKey = Annotated[str, Field(max_length=317, pattern=LABEL_KEY_PATTERN)]
 ResourceName = Annotated[str, Field(max_length=253, pattern=RESOURCE_NAME_PATTERN)]
 
 
-def _cel_list(values: tuple[str, ...]) -> str:
-    return "[" + ", ".join(f"'{value}'" for value in values) + "]"
-
-
 # --- environment ---------------------------------------------------------------------------
 
 
@@ -90,13 +88,13 @@ def _is_operator_env(name: str) -> bool:
     return name in OPERATOR_ENV_NAMES or name.startswith(OPERATOR_ENV_PREFIXES)
 
 
-class EnvVar(ApiModel):
+class EnvVar(EnvVarFields):
     """An environment variable of the trainer container (core/v1 EnvVar)."""
 
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
             cel(
-                f"!(self.name in {_cel_list(OPERATOR_ENV_NAMES)})"
+                f"!(self.name in {cel_list(OPERATOR_ENV_NAMES)})"
                 + "".join(f" && !self.name.startsWith('{p}')" for p in OPERATOR_ENV_PREFIXES),
                 "env names MASTER_*, WORLD_SIZE, RANK, LOCAL_RANK, NNODES, NODE_RANK, "
                 "NPROC_PER_NODE, PET_* and TRAINFORGE_* are set by trainforge; remove the "
@@ -108,19 +106,9 @@ class EnvVar(ApiModel):
                 ),
                 field_path=".name",
             ),
-            cel(
-                "!(has(self.value) && has(self.valueFrom))",
-                "set either value or valueFrom, not both",
-            ),
+            ENV_VALUE_OR_SOURCE,
         )
     )
-
-    name: str = Field(max_length=256, pattern=ENV_NAME_PATTERN)
-    """Name of the variable."""
-    value: str | None = Field(default=None, max_length=32768)
-    """Literal value; `$(VAR)` references to earlier variables are expanded by the kubelet."""
-    value_from: dict[str, Any] | None = None
-    """Source of the value (core/v1 EnvVarSource: secretKeyRef, configMapKeyRef, fieldRef…)."""
 
     @model_validator(mode="after")
     def _not_owned_by_operator(self) -> EnvVar:
@@ -130,8 +118,7 @@ class EnvVar(ApiModel):
                 "RANK, LOCAL_RANK, NNODES, NODE_RANK, NPROC_PER_NODE, PET_*, TRAINFORGE_*); "
                 "remove it or use another name"
             )
-        if self.value is not None and self.value_from is not None:
-            raise ValueError(f"env {self.name}: set either value or valueFrom, not both")
+        self.check_value_or_source()
         return self
 
 
@@ -517,7 +504,7 @@ def _locked_rule(field: str) -> dict[str, str]:
     same = f"(has({new}) == has({old}) && (!has({new}) || {new} == {old}))"
     unlocked = (
         "!has(oldSelf.status) || !has(oldSelf.status.phase) || "
-        f"!(oldSelf.status.phase in {_cel_list(LOCKED_PHASES)})"
+        f"!(oldSelf.status.phase in {cel_list(LOCKED_PHASES)})"
     )
     return cel(
         f"{unlocked} || {same}",
