@@ -150,11 +150,13 @@ class TrainingJobRunner:
     ) -> None:
         meta = job["metadata"]
         ref = kube.Ref(contract.API_VERSION, "TrainingJob", meta["namespace"], meta["name"])
-        # Status first: a restart is recorded before its pods go, so it is counted once.
-        if result.status != old_status:
-            patch = {**{k: None for k in old_status if k not in result.status}, **result.status}
-            updated = kube.patch_status(ref, patch)
-            memory.written_status = updated.get("status", result.status)
+        # A restart (or any deletion) is recorded before pods go, so it is counted once; a
+        # plain creation writes status after the pods, one round trip sooner for the gang.
+        status_first = bool(result.delete_pods) or (
+            result.status["restartAttempt"] != memory.attempt
+        )
+        if status_first:
+            self._write_status(ref, old_status, result, memory)
         phase = result.status["phase"]
         metrics.TRAININGJOBS.set(meta["uid"], meta["namespace"], phase)
         if result.counted_restart or result.status["restartAttempt"] != memory.attempt:
@@ -179,6 +181,8 @@ class TrainingJobRunner:
                 memory.created_pods[view.name] = view
             else:
                 memory.children_ensured = True
+        if not status_first:
+            self._write_status(ref, old_status, result, memory)
         for type_, reason, message in result.events:
             kube.emit_event(job, type_, reason, message)
         if result.delete_job:
@@ -188,6 +192,16 @@ class TrainingJobRunner:
                 meta["name"],
             )
             kube.delete(ref, uid=meta["uid"])
+
+    @staticmethod
+    def _write_status(
+        ref: kube.Ref, old_status: dict[str, Any], result: Plan, memory: Memory
+    ) -> None:
+        """Merge-patch the status when it changed (removed keys become nulls)."""
+        if result.status != old_status:
+            patch = {**{k: None for k in old_status if k not in result.status}, **result.status}
+            updated = kube.patch_status(ref, patch)
+            memory.written_status = updated.get("status", result.status)
 
     def forget_all(self) -> None:
         """Leadership changed hands: another replica may have written since our memories."""
