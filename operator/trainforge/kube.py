@@ -176,15 +176,6 @@ def patch_status(ref: Ref, status: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def patch(ref: Ref, body: dict[str, Any]) -> dict[str, Any]:
-    return request(
-        "PATCH",
-        path(ref.api_version, ref.kind, ref.namespace, ref.name),
-        body,
-        content_type="application/merge-patch+json",
-    )
-
-
 def apply(manifest: dict[str, Any]) -> dict[str, Any]:
     """Server-side apply `manifest` (create or update) as the field manager "trainforge".
 
@@ -202,16 +193,10 @@ def apply(manifest: dict[str, Any]) -> dict[str, Any]:
     )
 
 
-def list_objects(
-    api_version: str, kind: str, namespace: str, label_selector: str = ""
-) -> list[dict[str, Any]]:
-    query = [("labelSelector", label_selector)] if label_selector else []
-    return list(request("GET", path(api_version, kind, namespace), query=query)["items"])
-
-
 def exists(ref: Ref) -> bool | None:
-    """Whether the object exists; None when we may not read it (403) or its API is not served
-    (404 from a missing CRD looks like a missing object, which is what a user needs to hear)."""
+    """Whether the object exists; None when we may not read it (403), so a missing
+    permission is not reported as a missing object. A 404 (also when its CRD is not
+    installed) means it does not exist, which is what the user needs to hear."""
     try:
         return get(ref) is not None
     except KubeError as e:

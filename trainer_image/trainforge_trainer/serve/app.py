@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from aiohttp import web
 
+from trainforge import contract
 from trainforge_trainer import logs
 from trainforge_trainer.serve import protocol
 from trainforge_trainer.serve.batcher import DynamicBatcher
@@ -181,10 +182,11 @@ class InferenceServer:
         )
         model = "/v2/models/{name}"
         versioned = "/v2/models/{name}/versions/{version}"
-        app.router.add_get("/v2/health/live", self._live)
-        app.router.add_get("/v2/health/ready", self._ready)
+        # The probe paths are the operator's (contract): the Deployment it renders probes them.
+        app.router.add_get(contract.SERVE_PATH_LIVE, self._live)
+        app.router.add_get(contract.SERVE_PATH_READY, self._ready)
         app.router.add_get("/v2", self._server_metadata)
-        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get(contract.SERVE_PATH_METRICS, self._metrics)
         for prefix in (model, versioned):
             app.router.add_get(prefix, self._model_metadata)
             app.router.add_get(prefix + "/ready", self._model_ready)
