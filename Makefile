@@ -54,5 +54,10 @@ unit: setup ## fast tests only (no cluster, no multi-process torch)
 demo: setup ## train examples/trainingjob-cpu.yaml locally, serve it, query it (no cluster)
 	$(PY) hack/demo.py
 
+bench: setup cluster-build ## run the benchmarks (never part of `make test`; see bench/REPORT.md)
+	$(PY) bench/operator_bench.py
+	$(PY) bench/trainer_bench.py
+	$(PY) bench/serve_bench.py
+
 test: setup system-deps cluster-build lint ## everything CI runs: lint, unit, trainer, cluster and helm tests
 	$(BIN)/pytest -q -ra tests $(PYTEST_ARGS)
