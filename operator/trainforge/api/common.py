@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -172,6 +173,39 @@ class EnvVarFields(ApiModel):
     def check_value_or_source(self) -> None:
         if self.value is not None and self.value_from is not None:
             raise ValueError(f"env {self.name}: set either value or valueFrom, not both")
+
+
+def pod_spec_overlay(
+    forbidden: tuple[str, ...], reason: str, cel_message: str
+) -> tuple[AfterValidator, WithJsonSchema]:
+    """Validation of `podTemplate.spec` (`Annotated[dict[str, Any], *these]`): a partial
+    core/v1 PodSpec merged onto the rendered one, minus the `forbidden` fields the operator
+    must own (rejected by the server's CEL rule and by the model, `reason` saying why)."""
+
+    def check(spec: dict[str, Any]) -> dict[str, Any]:
+        owned = [field for field in forbidden if field in spec]
+        if owned:
+            raise ValueError(f"podTemplate.spec must not set {', '.join(owned)}: {reason}")
+        return spec
+
+    return (
+        AfterValidator(check),
+        WithJsonSchema(
+            {
+                "type": "object",
+                "description": "Fields merged onto the rendered core/v1 PodSpec.",
+                "x-kubernetes-preserve-unknown-fields": True,
+                # Declared only so the CEL rule can see them; the rule forbids them.
+                "properties": {
+                    field: {"type": "string", "maxLength": 253, "description": "Set by trainforge."}
+                    for field in forbidden
+                },
+                "x-kubernetes-validations": [
+                    cel(" && ".join(f"!has(self.{field})" for field in forbidden), cel_message)
+                ],
+            }
+        ),
+    )
 
 
 class InvalidSpec(ValueError):

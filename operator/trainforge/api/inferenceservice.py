@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
     ConfigDict,
     Field,
     ValidationError,
@@ -34,6 +33,7 @@ from trainforge.api.common import (
     cel_list,
     cel_rules,
     describe_errors,
+    pod_spec_overlay,
 )
 from trainforge.api.trainingjob import ObjectMeta, PodTemplateMetadata, ResourceName
 
@@ -272,42 +272,13 @@ class Server(ApiModel):
 # --- pod template ----------------------------------------------------------------------------
 
 
-def _no_operator_pod_fields(spec: dict[str, Any]) -> dict[str, Any]:
-    owned = [field for field in OPERATOR_POD_FIELDS if field in spec]
-    if owned:
-        raise ValueError(
-            f"podTemplate.spec must not set {', '.join(owned)}: the pods belong to a "
-            "Deployment, which always restarts them in place"
-        )
-    return spec
-
-
-PodSpecOverlay = Annotated[
-    dict[str, Any],
-    AfterValidator(_no_operator_pod_fields),
-    WithJsonSchema(
-        {
-            "type": "object",
-            "description": "Fields merged onto the rendered core/v1 PodSpec.",
-            "x-kubernetes-preserve-unknown-fields": True,
-            # Declared only so the CEL rule can see it; the rule forbids it.
-            "properties": {
-                "restartPolicy": {
-                    "type": "string",
-                    "maxLength": 253,
-                    "description": "Set by trainforge.",
-                }
-            },
-            "x-kubernetes-validations": [
-                cel(
-                    "!has(self.restartPolicy)",
-                    "podTemplate.spec must not set restartPolicy: the pods belong to a "
-                    "Deployment, which always restarts them in place",
-                )
-            ],
-        }
-    ),
-]
+_OVERLAY_CHECK, _OVERLAY_SCHEMA = pod_spec_overlay(
+    OPERATOR_POD_FIELDS,
+    "the pods belong to a Deployment, which always restarts them in place",
+    "podTemplate.spec must not set restartPolicy: the pods belong to a Deployment, which "
+    "always restarts them in place",
+)
+PodSpecOverlay = Annotated[dict[str, Any], _OVERLAY_CHECK, _OVERLAY_SCHEMA]
 
 
 class PodTemplate(ApiModel):

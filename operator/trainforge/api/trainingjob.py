@@ -18,7 +18,6 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
-    WithJsonSchema,
     model_validator,
 )
 
@@ -39,6 +38,7 @@ from trainforge.api.common import (
     cel_list,
     cel_rules,
     describe_errors,
+    pod_spec_overlay,
 )
 
 KIND = "TrainingJob"
@@ -444,39 +444,12 @@ class PodTemplateMetadata(ApiModel):
     """Extra annotations; annotations the operator sets win on conflict."""
 
 
-def _no_operator_pod_fields(spec: dict[str, Any]) -> dict[str, Any]:
-    owned = [field for field in OPERATOR_POD_FIELDS if field in spec]
-    if owned:
-        raise ValueError(
-            f"podTemplate.spec must not set {', '.join(owned)}: trainforge sets them "
-            "(restartPolicy Never; hostname and subdomain for the rendezvous address)"
-        )
-    return spec
-
-
-PodSpecOverlay = Annotated[
-    dict[str, Any],
-    AfterValidator(_no_operator_pod_fields),
-    WithJsonSchema(
-        {
-            "type": "object",
-            "description": "Fields merged onto the rendered core/v1 PodSpec.",
-            "x-kubernetes-preserve-unknown-fields": True,
-            # Declared only so the CEL rule can see them; the rule forbids all three.
-            "properties": {
-                field: {"type": "string", "maxLength": 253, "description": "Set by trainforge."}
-                for field in OPERATOR_POD_FIELDS
-            },
-            "x-kubernetes-validations": [
-                cel(
-                    " && ".join(f"!has(self.{field})" for field in OPERATOR_POD_FIELDS),
-                    "podTemplate.spec must not set restartPolicy, hostname or subdomain: "
-                    "trainforge sets them",
-                )
-            ],
-        }
-    ),
-]
+_OVERLAY_CHECK, _OVERLAY_SCHEMA = pod_spec_overlay(
+    OPERATOR_POD_FIELDS,
+    "trainforge sets them (restartPolicy Never; hostname and subdomain for the rendezvous address)",
+    "podTemplate.spec must not set restartPolicy, hostname or subdomain: trainforge sets them",
+)
+PodSpecOverlay = Annotated[dict[str, Any], _OVERLAY_CHECK, _OVERLAY_SCHEMA]
 
 
 class PodTemplate(ApiModel):
