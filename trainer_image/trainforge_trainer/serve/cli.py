@@ -39,7 +39,15 @@ async def _serve(settings: ServeSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     server = InferenceServer(settings)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as exc:  # a busy port, an address not on this host, a name that won't resolve
+        where = f"{settings.host}:{settings.port}"
+        message = f"--host/--port: cannot listen on {where}: {exc.strerror or exc}"
+        print(f"trainforge serve: {message}", file=sys.stderr)
+        logs.error("config_error", errors=[message])
+        await server.batcher.stop()
+        return contract.EXIT_CONFIG_ERROR
     received = await stopping
     logs.event("signal", signal=received.name)
     # SIGTERM comes from Kubernetes: wait for endpoints to drop the pod. Ctrl-C: stop now.
