@@ -42,8 +42,9 @@ async def _serve(settings: ServeSettings) -> int:
     try:
         await server.start()
     except OSError as exc:  # a busy port, an address not on this host, a name that won't resolve
-        where = f"{settings.host}:{settings.port}"
-        message = f"--host/--port: cannot listen on {where}: {exc.strerror or exc}"
+        # asyncio words it "error while attempting to bind on address (...): <reason>".
+        reason = exc.strerror.rsplit(": ", 1)[-1] if exc.strerror else str(exc)
+        message = f"--host/--port: cannot listen on {settings.host}:{settings.port}: {reason}"
         print(f"trainforge serve: {message}", file=sys.stderr)
         logs.error("config_error", errors=[message])
         await server.batcher.stop()

@@ -161,6 +161,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="python -m trainforge_trainer serve",
         description="Serve the newest committed checkpoint over the Open Inference Protocol "
         "(V2 REST), with dynamic batching and hot reload.",
+        allow_abbrev=False,  # a misspelt flag is an error, not a guess
     )
     for dest, opt in _OPTIONS.items():
         extra = f" [env {opt.env}]"
