@@ -140,6 +140,15 @@ def test_malformed_http_and_abusive_json_get_json_4xx_errors(trained: Path, tmp_
                 (await s.post(INFER, json=booleans), "must be numbers, not true/false"),
                 (await s.post(INFER, json=overflow), "values must be finite FP32 numbers"),
             ]
+            raw_good = json.dumps(good).encode()
+            for length in ("99999", "-1", "\u00b2"):
+                headers = {"Inference-Header-Content-Length": length}
+                cases.append(
+                    (
+                        await s.post(INFER, data=raw_good, headers=headers),
+                        "Inference-Header-Content-Length: must be the byte length",
+                    )
+                )
             for (status, body), want in cases:
                 assert status == 400 and want in body["error"], (body, want)
             port = s.server.port

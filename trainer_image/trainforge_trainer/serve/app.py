@@ -398,7 +398,8 @@ class InferenceServer:
         binary: bytes | None = None
         header_length = request.headers.get(HEADER_LENGTH)
         if header_length is not None:
-            if not header_length.isdigit() or int(header_length) > len(raw):
+            valid = header_length.isascii() and header_length.isdigit()
+            if not valid or int(header_length) > len(raw):
                 raise protocol.ProtocolError(
                     f"{HEADER_LENGTH}: must be the byte length of the JSON part of the body, "
                     f"at most {len(raw)} (got {header_length[:40]!r})"
