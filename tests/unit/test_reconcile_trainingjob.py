@@ -311,3 +311,59 @@ def test_pod_view_reads_the_trainer_container() -> None:
     view = pod_view(raw)
     assert (view.index, view.attempt, view.exit_code) == (1, 2, 137)
     assert view.progress is None  # a log tail, not the trainer's JSON record
+
+
+def terminated(message: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "llm-worker-0", "labels": {contract.LABEL_WORKER_INDEX: "0"}},
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {
+                    "name": contract.CONTAINER_NAME,
+                    "state": {"terminated": {"exitCode": 1, "message": message}},
+                }
+            ],
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("message", "progress"),
+    [
+        # A diverged loss: json.loads reads NaN/Infinity, the API server refuses them.
+        ('{"step": 7, "loss": NaN, "samplesPerSecond": Infinity}', {"step": 7}),
+        ('{"step": 7, "loss": -Infinity, "totalSteps": 10}', {"step": 7, "totalSteps": 10}),
+        ('{"step": 7, "loss": 1e300}', {"step": 7}),  # beyond the schema's bound
+        ('{"step": 7, "loss": "low", "totalSteps": -1}', {"step": 7}),
+        ('{"step": true, "loss": 1.0}', None),  # bool is not a step
+        ('{"step": 7.5}', None),
+        ('{"step": 9007199254740993}', None),  # beyond 2**53
+        ('{"step": 7, "checkpoint": {"step": 5}}', {"step": 7}),  # no path: dropped whole
+        ('{"step": 7, "checkpoint": {"path": "/c"}}', {"step": 7}),
+        ('{"step": 7, "checkpoint": {"step": NaN, "path": "/c"}}', {"step": 7}),
+        ('{"step": 7, "checkpoint": "/c"}', {"step": 7}),
+        (
+            '{"step": 7, "checkpoint": {"step": 5, "path": "/c", "time": 3, "extra": 1}}',
+            {"step": 7, "checkpoint": {"step": 5, "path": "/c"}},
+        ),
+        ('{"step": 7, "checkpoint": {"step": 5, "path": "' + "x" * 4097 + '"}}', None),
+        ("[1, 2]", None),
+        ("[" * 100_000, None),  # over the kubelet's 4 KiB: not the trainer's record
+        ("[" * 4000, None),
+        ('{"step": 7, "unknown": {"nested": 1}}', {"step": 7}),
+    ],
+)
+def test_untrusted_termination_messages_are_sanitised(
+    message: str, progress: dict[str, Any] | None
+) -> None:
+    assert pod_view(terminated(message)).progress == progress
+
+
+def test_a_non_finite_loss_never_reaches_status() -> None:
+    view = pod_view(terminated('{"step": 40, "loss": NaN, "checkpoint": {"step": 30}}'))
+    status = {**RUNNING, "checkpoint": {"step": 20, "path": "/checkpoints/step-00000020"}}
+    result = run(job(status), [view, pod(1)])
+    assert result.status["progress"] == {"step": 40}
+    assert result.status["checkpoint"] == status["checkpoint"]
+    assert result.status["phase"] == "Restarting"  # the failure is acted on as usual
