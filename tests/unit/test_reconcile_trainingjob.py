@@ -367,3 +367,25 @@ def test_a_non_finite_loss_never_reaches_status() -> None:
     assert result.status["progress"] == {"step": 40}
     assert result.status["checkpoint"] == status["checkpoint"]
     assert result.status["phase"] == "Restarting"  # the failure is acted on as usual
+
+
+def test_a_refused_child_stalls_the_job_with_one_event() -> None:
+    refused = [("AdmissionRejected", "the ResourceQuota admission plugin refused Pod ml/x: …")]
+    result = run(job(), [], rejected=refused)
+    assert kinds(result) == ["Service", "Pod", "Pod"]  # tried again (the runner backs off)
+    assert result.status["phase"] == "Pending"
+    assert cond(result, "Stalled")["status"] == "True"
+    assert cond(result, "Stalled")["reason"] == "AdmissionRejected"
+    assert cond(result, "Running")["message"] == refused[0][1]
+    assert cond(result, "Reconciling")["status"] == "False"
+    assert result.events == [("Warning", "AdmissionRejected", refused[0][1])]
+
+    again = run(job(result.status), [], rejected=refused)
+    assert again.events == []  # announced once, not on every retry
+
+
+def test_a_refusal_no_longer_matters_once_nothing_is_created() -> None:
+    refused = [("ChildRejected", "the API server rejected Pod ml/x: …")]
+    result = run(job(RUNNING), [pod(0), pod(1)], rejected=refused)
+    assert cond(result, "Stalled")["status"] == "False"
+    assert result.status["phase"] == "Running"

@@ -22,7 +22,7 @@ from trainforge import contract
 from trainforge.api import InvalidSpec, TrainingJobSpec, parse_training_job_spec
 from trainforge.api.common import ApiModel
 from trainforge.api.trainingjob import CheckpointStatus, Progress
-from trainforge.reconcile.conditions import Cond, merge_conditions
+from trainforge.reconcile.conditions import Cond, merge_conditions, stalled_event
 from trainforge.render.trainingjob import JobRef, RenderSettings, desired_children
 
 RUNNING, PENDING, RESTARTING = "Running", "Pending", "Restarting"
@@ -143,6 +143,10 @@ class Observed:
     missing_references: list[str] = field(default_factory=list)
     # The non-pod children (service, PVC, PodGroup) were created for the current attempt.
     children_ensured: bool = False
+    # (reason, message) of the last attempt to create children, when it was stopped: the API
+    # server refused one (validation, an admission plugin) or its name is taken by an object
+    # this job does not control (reconcile/children.py).
+    rejected: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -196,6 +200,9 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
         status["conditions"] = merge_conditions(
             old.get("conditions", []), _kstatus(new_phase, conditions), generation, rfc3339(now)
         )
+        stalled = stalled_event(old.get("conditions", []), status["conditions"])
+        if stalled and new_phase != FAILED:  # a failure has its own "Failed" event
+            result.events.append(stalled)
         return result
 
     try:
@@ -310,6 +317,12 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
     result.create = [pod for pod in children.pods if _index(pod) not in present]
     if result.create and not obs.children_ensured:
         result.create = [*children.others, *result.create]
+
+    if obs.rejected and result.create:
+        reason, message = obs.rejected[0][0], "; ".join(m for _, m in obs.rejected)
+        return finish(
+            PENDING, [Cond("Stalled", True, reason, message), Cond(RUNNING, False, reason, message)]
+        )
 
     running = [p for p in current if p.phase == "Running"]
     if len(running) == spec.workers:
