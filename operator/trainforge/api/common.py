@@ -100,6 +100,35 @@ Quantity = Annotated[
 """A Kubernetes quantity: an integer or a string such as "64Gi"; stored here as a string."""
 
 
+def is_zero_quantity(value: str) -> bool:
+    """Whether a valid quantity (see Quantity) is zero, whatever its suffix."""
+    number = re.match(r"^([0-9]*\.?[0-9]*)", value)
+    return number is not None and float(number.group(1) or "0") == 0
+
+
+# A container image reference never contains whitespace (the kubelet reports such an image as
+# InvalidImageName only once the pod exists).
+IMAGE_PATTERN = r"^\S+$"
+# A label value: what nodeSelector values must be.
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# A list of objects keyed by their `name`: the API server rejects a name listed twice.
+LIST_MAP_BY_NAME = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}
+
+
+def _unique_names(items: list[Any]) -> list[Any]:
+    names = [item.name for item in items]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ValueError(
+            f"names must be unique; {', '.join(twice)} is listed more than once: remove or "
+            "rename the duplicate"
+        )
+    return items
+
+
+UniqueNames = AfterValidator(_unique_names)
+"""Pydantic's side of LIST_MAP_BY_NAME: `Annotated[list[X], UniqueNames]`."""
+
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 
