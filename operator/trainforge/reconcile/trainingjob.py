@@ -445,7 +445,10 @@ def _kstatus(phase: str, conditions: list[Cond]) -> list[Cond]:
         FAILED if phase == FAILED else "NotStalled",
         given[FAILED].message if FAILED in given else "",
     )
-    ready = phase in (RUNNING, SUCCEEDED)
+    # Suspended is a state the user asked for and reached: kstatus (which falls back to Ready
+    # when neither Reconciling nor Stalled is True) must read it as Current, as docs/gitops.md
+    # promises; a Flux `wait: true` would time out on an InProgress one.
+    ready = phase in (RUNNING, SUCCEEDED, SUSPENDED)
     reconciling = phase in (PENDING, RESTARTING) and not stalled.status
     extra = [c for t, c in given.items() if t not in CONDITION_TYPES and t != "Stalled"]
     return [
