@@ -112,7 +112,10 @@ IMAGE_PATTERN = r"^\S+$"
 # A label value: what nodeSelector values must be.
 LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
 # A list of objects keyed by their `name`: the API server rejects a name listed twice.
-LIST_MAP_BY_NAME = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]}
+LIST_MAP_BY_NAME: dict[str, Any] = {
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["name"],
+}
 
 
 def _unique_names(items: list[Any]) -> list[Any]:
