@@ -77,6 +77,7 @@ def pod(index: int, phase: str = "Running", **kw: Any) -> tj.PodView:
 
 def planned(body: dict[str, Any], pods: list[tj.PodView], **kw: Any) -> dict[str, Any]:
     """The job as it reads after the operator wrote the plan's status."""
+    kw.setdefault("children_present", tj.OTHER_CHILD_KINDS)
     result = tj.plan(tj.Observed(job=body, pods=pods, now=NOW, **kw), SETTINGS)
     return {**body, "status": result.status}
 
@@ -90,7 +91,7 @@ RUNNING = {
 FAILED = {**RUNNING, "phase": "Failed", "completionTime": "2026-11-23T11:30:00Z"}
 
 TRAINING_JOB_STATES = [
-    ("pending", lambda: planned(job(), []), "InProgress"),
+    ("pending", lambda: planned(job(), [], children_present=frozenset()), "InProgress"),
     ("workers-pending", lambda: planned(job(RUNNING), [pod(0, "Pending"), pod(1)]), "InProgress"),
     ("running", lambda: planned(job(RUNNING), [pod(0), pod(1)]), "Current"),
     (
@@ -121,6 +122,25 @@ TRAINING_JOB_STATES = [
     (
         "child-refused",
         lambda: planned(job(), [], rejected=[("AdmissionRejected", "PodSecurity refused")]),
+        "Failed",
+    ),
+    (
+        "container-cannot-start",
+        lambda: planned(
+            job(RUNNING), [pod(0), pod(1, "Pending", cannot_start=("ImagePullBackOff", "…"))]
+        ),
+        "Failed",
+    ),
+    (
+        "checkpoint-claim-lost",
+        lambda: planned(
+            job(
+                {**RUNNING, "checkpoint": {"step": 4, "path": "/c"}},
+                checkpoint={"volumeClaimTemplate": {"size": "1Gi"}},
+            ),
+            [pod(0), pod(1)],
+            children_present=frozenset({"Service"}),
+        ),
         "Failed",
     ),
     (
