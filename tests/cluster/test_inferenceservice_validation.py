@@ -135,6 +135,11 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         ["spec.env[1]", "Duplicate value", "SEED"],
     ),
     (
+        "request-above-limit",
+        manifest(resources={"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}}),
+        ["spec.resources", "must not exceed resources.limits"],
+    ),
+    (
         "image-with-whitespace",
         manifest(model={"claimName": "ckpt"}, image="example.com/server :1"),
         ["spec.image", "should match"],

@@ -227,6 +227,11 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         ["spec.checkpoint.volumeClaimTemplate.accessModes[1]", "Duplicate value"],
     ),
     (
+        "request-above-limit",
+        manifest(resources={"requests": {"cpu": "2"}, "limits": {"cpu": "1500m"}}),
+        ["spec.resources", "must not exceed resources.limits"],
+    ),
+    (
         "node-selector-value-not-a-label-value",
         manifest(scheduling={"nodeSelector": {"zone": "eu west"}}),
         ["spec.scheduling.nodeSelector.zone", "should match"],

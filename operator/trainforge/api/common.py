@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -100,10 +101,40 @@ Quantity = Annotated[
 """A Kubernetes quantity: an integer or a string such as "64Gi"; stored here as a string."""
 
 
+_SUFFIXES = {
+    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    **{s: Decimal(1000) ** (i + 1) for i, s in enumerate(("k", "M", "G", "T", "P", "E"))},
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "": Decimal(1),
+}
+
+
+def quantity_value(value: str) -> Decimal:
+    """The amount of a valid quantity (see Quantity): "1.5Gi" -> 1610612736."""
+    number, suffix = re.match(r"^([0-9]*\.?[0-9]*)(.*)$", value).groups()  # type: ignore[union-attr]
+    if suffix[:1] in ("e", "E"):
+        return Decimal(number or "0") * Decimal(10) ** Decimal(suffix[1:])
+    return Decimal(number or "0") * _SUFFIXES[suffix]
+
+
 def is_zero_quantity(value: str) -> bool:
     """Whether a valid quantity (see Quantity) is zero, whatever its suffix."""
-    number = re.match(r"^([0-9]*\.?[0-9]*)", value)
-    return number is not None and float(number.group(1) or "0") == 0
+    return quantity_value(value) == 0
+
+
+def check_requests_within_limits(requests: Mapping[str, str], limits: Mapping[str, str]) -> None:
+    over = [
+        f"{name} {requests[name]} > {limit}"
+        for name, limit in sorted(limits.items())
+        if name in requests and quantity_value(requests[name]) > quantity_value(limit)
+    ]
+    if over:
+        raise ValueError(
+            f"resources.requests must not exceed resources.limits for the same resource "
+            f"({', '.join(over)}); raise the limit or lower the request"
+        )
 
 
 # A container image reference never contains whitespace (the kubelet reports such an image as
@@ -185,6 +216,16 @@ def cel_list(values: tuple[str, ...]) -> str:
 def cel_rules(*rules: dict[str, str]) -> dict[str, Any]:
     """`json_schema_extra` carrying CEL rules into the generated CRD."""
     return {"x-kubernetes-validations": list(rules)}
+
+
+# The API server refuses a container whose request exceeds its limit, but only when the pod
+# is created; this says so at `kubectl apply`.
+REQUESTS_WITHIN_LIMITS = cel(
+    "!has(self.requests) || !has(self.limits) || self.limits.all(k, !(k in self.requests) || "
+    "!quantity(string(self.requests[k])).isGreaterThan(quantity(string(self.limits[k]))))",
+    "resources.requests must not exceed resources.limits for the same resource; raise the "
+    "limit or lower the request",
+)
 
 
 ENV_VALUE_OR_SOURCE = cel(

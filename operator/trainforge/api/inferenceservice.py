@@ -26,6 +26,7 @@ from trainforge.api.common import (
     ENV_VALUE_OR_SOURCE,
     IMAGE_PATTERN,
     LIST_MAP_BY_NAME,
+    REQUESTS_WITHIN_LIMITS,
     ApiModel,
     Condition,
     EnvVarFields,
@@ -35,6 +36,7 @@ from trainforge.api.common import (
     cel,
     cel_list,
     cel_rules,
+    check_requests_within_limits,
     describe_errors,
     pod_spec_overlay,
 )
@@ -233,6 +235,7 @@ class Resources(ApiModel):
                     "set resources.gpus instead'"
                 ),
             ),
+            REQUESTS_WITHIN_LIMITS,
         )
     )
 
@@ -255,6 +258,7 @@ class Resources(ApiModel):
                     f"do not list {self.gpu_resource} in {field} (got "
                     f"{values[self.gpu_resource]}); set resources.gpus instead"
                 )
+        check_requests_within_limits(self.requests, self.limits)
         return self
 
 

@@ -31,6 +31,7 @@ from trainforge.api.common import (
     LABEL_KEY_PATTERN,
     LABEL_VALUE_PATTERN,
     LIST_MAP_BY_NAME,
+    REQUESTS_WITHIN_LIMITS,
     RESOURCE_NAME_PATTERN,
     ApiModel,
     Condition,
@@ -41,6 +42,7 @@ from trainforge.api.common import (
     cel,
     cel_list,
     cel_rules,
+    check_requests_within_limits,
     describe_errors,
     is_zero_quantity,
     pod_spec_overlay,
@@ -145,6 +147,7 @@ class Resources(ApiModel):
                     "set resources.gpusPerWorker instead'"
                 ),
             ),
+            REQUESTS_WITHIN_LIMITS,
         )
     )
 
@@ -169,6 +172,7 @@ class Resources(ApiModel):
                     f"do not list {self.gpu_resource} in {field} (got "
                     f"{values[self.gpu_resource]}); set resources.gpusPerWorker instead"
                 )
+        check_requests_within_limits(self.requests, self.limits)
         return self
 
 
