@@ -245,5 +245,5 @@ def test_requests_may_not_exceed_limits(resources: dict[str, Any], ok: bool) -> 
     if ok:
         parse_training_job_spec(spec)
     else:
-        with pytest.raises(InvalidSpec, match="must not exceed resources.limits"):
+        with pytest.raises(InvalidSpec, match=r"must not exceed resources\.limits"):
             parse_training_job_spec(spec)
