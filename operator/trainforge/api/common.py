@@ -219,9 +219,11 @@ def cel_rules(*rules: dict[str, str]) -> dict[str, Any]:
 
 
 # The API server refuses a container whose request exceeds its limit, but only when the pod
-# is created; this says so at `kubectl apply`.
+# is created; this says so at `kubectl apply`. The rule names the usual resources (a loop over
+# every key exceeds the API server's CEL cost budget); the models check every key.
 REQUESTS_WITHIN_LIMITS = cel(
-    "!has(self.requests) || !has(self.limits) || self.limits.all(k, !(k in self.requests) || "
+    "!has(self.requests) || !has(self.limits) || ['cpu', 'memory', 'ephemeral-storage'].all(k, "
+    "!(k in self.requests) || !(k in self.limits) || "
     "!quantity(string(self.requests[k])).isGreaterThan(quantity(string(self.limits[k]))))",
     "resources.requests must not exceed resources.limits for the same resource; raise the "
     "limit or lower the request",
