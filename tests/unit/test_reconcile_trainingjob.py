@@ -420,7 +420,7 @@ def test_a_worker_gone_from_a_running_gang_restarts_it_uncounted() -> None:
     result = run(job(RUNNING), [pod(0)])
     assert result.status["phase"] == "Restarting"
     assert result.status["restarts"] == 0
-    assert "worker 1 is gone" in cond(result, "Restarting")["message"]
+    assert "llm-worker-1 is gone" in cond(result, "Restarting")["message"]
 
 
 def test_a_missing_worker_of_a_pending_gang_is_just_created() -> None:

@@ -24,7 +24,12 @@ from trainforge.api.common import ApiModel
 from trainforge.api.trainingjob import CheckpointStatus, Progress
 from trainforge.reconcile.conditions import Cond, merge_conditions, stalled_event
 from trainforge.reconcile.pods import cannot_start
-from trainforge.render.trainingjob import JobRef, RenderSettings, desired_children
+from trainforge.render.trainingjob import (
+    JobRef,
+    RenderSettings,
+    desired_children,
+    worker_pod_name,
+)
 
 RUNNING, PENDING, RESTARTING = "Running", "Pending", "Restarting"
 SUSPENDED, SUCCEEDED, FAILED = "Suspended", "Succeeded", "Failed"
@@ -263,7 +268,7 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
     if failed:
         return _on_failure(result, obs, spec, failed, finish)
 
-    lost = _lost_workers(obs.pods, attempt, phase, spec.workers)
+    lost = _lost_workers(meta["name"], obs.pods, attempt, phase, spec.workers)
     if lost:
         # A worker replaced alone could not rejoin its gang's rendezvous (torchrun/NCCL).
         return _restart(
@@ -443,7 +448,9 @@ def _on_failure(
     )
 
 
-def _lost_workers(pods: list[PodView], attempt: int, phase: str, workers: int) -> list[str]:
+def _lost_workers(
+    job_name: str, pods: list[PodView], attempt: int, phase: str, workers: int
+) -> list[str]:
     """Workers of the current gang that someone else took away: deleted by hand, evicted
     (the Eviction API), or gone with their node. The operator deletes pods only after it moved
     the gang to a new attempt (or stopped the job), so a current pod being deleted is never
@@ -457,7 +464,7 @@ def _lost_workers(pods: list[PodView], attempt: int, phase: str, workers: int) -
     if phase == RUNNING:
         present = {p.index for p in pods if p.attempt == attempt}
         lost += [
-            f"worker {i} is gone (deleted, or its node was lost)"
+            f"{worker_pod_name(job_name, i)} is gone (deleted, or its node was lost)"
             for i in range(workers)
             if i not in present
         ]
