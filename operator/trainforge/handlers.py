@@ -259,7 +259,7 @@ async def resync(queue: WorkQueue, index: kopf.Index[Key, Any], every: float) ->
     while True:
         await asyncio.sleep(every)
         for key in list(index):
-            queue.add(key)
+            queue.resync(key)
 
 
 @kopf.on.cleanup()

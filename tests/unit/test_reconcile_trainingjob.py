@@ -311,3 +311,81 @@ def test_pod_view_reads_the_trainer_container() -> None:
     view = pod_view(raw)
     assert (view.index, view.attempt, view.exit_code) == (1, 2, 137)
     assert view.progress is None  # a log tail, not the trainer's JSON record
+
+
+def terminated(message: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "llm-worker-0", "labels": {contract.LABEL_WORKER_INDEX: "0"}},
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {
+                    "name": contract.CONTAINER_NAME,
+                    "state": {"terminated": {"exitCode": 1, "message": message}},
+                }
+            ],
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("message", "progress"),
+    [
+        # A diverged loss: json.loads reads NaN/Infinity, the API server refuses them.
+        ('{"step": 7, "loss": NaN, "samplesPerSecond": Infinity}', {"step": 7}),
+        ('{"step": 7, "loss": -Infinity, "totalSteps": 10}', {"step": 7, "totalSteps": 10}),
+        ('{"step": 7, "loss": 1e300}', {"step": 7}),  # beyond the schema's bound
+        ('{"step": 7, "loss": "low", "totalSteps": -1}', {"step": 7}),
+        ('{"step": true, "loss": 1.0}', None),  # bool is not a step
+        ('{"step": 7.5}', None),
+        ('{"step": 9007199254740993}', None),  # beyond 2**53
+        ('{"step": 7, "checkpoint": {"step": 5}}', {"step": 7}),  # no path: dropped whole
+        ('{"step": 7, "checkpoint": {"path": "/c"}}', {"step": 7}),
+        ('{"step": 7, "checkpoint": {"step": NaN, "path": "/c"}}', {"step": 7}),
+        ('{"step": 7, "checkpoint": "/c"}', {"step": 7}),
+        (
+            '{"step": 7, "checkpoint": {"step": 5, "path": "/c", "time": 3, "extra": 1}}',
+            {"step": 7, "checkpoint": {"step": 5, "path": "/c"}},
+        ),
+        ('{"step": 7, "checkpoint": {"step": 5, "path": "' + "x" * 4097 + '"}}', None),
+        ("[1, 2]", None),
+        ("[" * 100_000, None),  # over the kubelet's 4 KiB: not the trainer's record
+        ("[" * 4000, None),
+        ('{"step": 7, "unknown": {"nested": 1}}', {"step": 7}),
+    ],
+)
+def test_untrusted_termination_messages_are_sanitised(
+    message: str, progress: dict[str, Any] | None
+) -> None:
+    assert pod_view(terminated(message)).progress == progress
+
+
+def test_a_non_finite_loss_never_reaches_status() -> None:
+    view = pod_view(terminated('{"step": 40, "loss": NaN, "checkpoint": {"step": 30}}'))
+    status = {**RUNNING, "checkpoint": {"step": 20, "path": "/checkpoints/step-00000020"}}
+    result = run(job(status), [view, pod(1)])
+    assert result.status["progress"] == {"step": 40}
+    assert result.status["checkpoint"] == status["checkpoint"]
+    assert result.status["phase"] == "Restarting"  # the failure is acted on as usual
+
+
+def test_a_refused_child_stalls_the_job_with_one_event() -> None:
+    refused = [("AdmissionRejected", "the ResourceQuota admission plugin refused Pod ml/x: …")]
+    result = run(job(), [], rejected=refused)
+    assert kinds(result) == ["Service", "Pod", "Pod"]  # tried again (the runner backs off)
+    assert result.status["phase"] == "Pending"
+    assert cond(result, "Stalled")["status"] == "True"
+    assert cond(result, "Stalled")["reason"] == "AdmissionRejected"
+    assert cond(result, "Running")["message"] == refused[0][1]
+    assert cond(result, "Reconciling")["status"] == "False"
+    assert result.events == [("Warning", "AdmissionRejected", refused[0][1])]
+
+    again = run(job(result.status), [], rejected=refused)
+    assert again.events == []  # announced once, not on every retry
+
+
+def test_a_refusal_no_longer_matters_once_nothing_is_created() -> None:
+    refused = [("ChildRejected", "the API server rejected Pod ml/x: …")]
+    result = run(job(RUNNING), [pod(0), pod(1)], rejected=refused)
+    assert cond(result, "Stalled")["status"] == "False"
+    assert result.status["phase"] == "Running"

@@ -3,8 +3,10 @@
 Watch caches lag behind our own writes. Two small memories bridge that gap without extra
 reads: the status this operator last wrote (it is the only writer of status), and the pods it
 created that the pod index has not shown yet ("expectations", as in kube-controller-manager).
-Deterministic names make every remaining race harmless: a duplicate create is a 409, a
-duplicate delete a 404.
+Deterministic names make every remaining race harmless: a duplicate create is a 409 (then
+checked to be ours: a name taken by someone else's object is reported, never adopted), a
+duplicate delete a 404. A child the API server refuses stops the gang's creation; the job is
+Stalled with the server's message and the key backs off (reconcile/children.py).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from trainforge import contract, kube, metrics
+from trainforge import contract, kube, metrics, workqueue
 from trainforge.api.common import InvalidSpec
+from trainforge.reconcile.children import Problem, write_child
 from trainforge.reconcile.trainingjob import (
     TERMINAL,
     Observed,
@@ -47,6 +50,17 @@ class Memory:
     attempt: int = -1
     created_pods: dict[str, PodView] = field(default_factory=dict)
     children_ensured: bool = False
+    # What stopped the last attempt to create children (reconcile/children.py).
+    rejected: list[Problem] = field(default_factory=list)
+
+
+# What to change when the API server refuses a child of this kind.
+FIX = {
+    "Pod": "fix the TrainingJob's spec (image, env, resources, scheduling, podTemplate) or "
+    "the namespace's policy (ResourceQuota, LimitRange, Pod Security level) that refuses it",
+    "PersistentVolumeClaim": "fix spec.checkpoint.volumeClaimTemplate",
+}
+FIX_OTHER = "fix the TrainingJob's spec"
 
 
 class TrainingJobRunner:
@@ -73,7 +87,7 @@ class TrainingJobRunner:
         except kube.KubeError as e:
             metrics.RECONCILE_ERRORS.labels("TrainingJob").inc()
             logger.warning("TrainingJob %s/%s: API error, will retry: %s", *key, e)
-            return 5.0
+            raise workqueue.Backoff(f"API error: {e}") from None
         finally:
             metrics.RECONCILE_SECONDS.labels("TrainingJob").observe(time.perf_counter() - started)
 
@@ -90,9 +104,15 @@ class TrainingJobRunner:
             now=datetime.now(UTC),
             missing_references=self._missing_references(job, status),
             children_ensured=memory.children_ensured,
+            rejected=memory.rejected,
         )
         result = plan(observed, self._settings)
+        before = memory.rejected
         self._apply(job, status, result, memory)
+        if memory.rejected != before:
+            return 0.0  # report what changed (a new refusal, or that it is gone) at once
+        if memory.rejected:
+            raise workqueue.Backoff(memory.rejected[0][1], result.requeue_after)
         return result.requeue_after
 
     def _observe_pods(self, job: dict[str, Any], memory: Memory) -> list[PodView]:
@@ -168,9 +188,19 @@ class TrainingJobRunner:
             metrics.TIME_TO_RUNNING.observe((datetime.now(UTC) - created).total_seconds())
         for pod in result.delete_pods:
             kube.delete(kube.Ref("v1", "Pod", meta["namespace"], pod.name), uid=pod.uid or None)
+        memory.rejected = []
+        written = 0
         for manifest in result.create:
-            kube.create(manifest)
-            if manifest["kind"] == "Pod":
+            kind = manifest["kind"]
+            problem = write_child(
+                manifest, job, FIX.get(kind, FIX_OTHER), update=False, known=False
+            )
+            if problem:
+                # A gang without this child cannot run: create nothing more until it is fixed.
+                memory.rejected = [problem]
+                break
+            written += 1
+            if kind == "Pod":
                 view = PodView(
                     name=manifest["metadata"]["name"],
                     uid="",
@@ -179,8 +209,8 @@ class TrainingJobRunner:
                     phase="Pending",
                 )
                 memory.created_pods[view.name] = view
-            else:
-                memory.children_ensured = True
+        if result.create and all(m["kind"] == "Pod" for m in result.create[written:]):
+            memory.children_ensured = True
         if not status_first:
             self._write_status(ref, old_status, result, memory)
         for type_, reason, message in result.events:

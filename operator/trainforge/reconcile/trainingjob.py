@@ -16,9 +16,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import ValidationError
+
 from trainforge import contract
 from trainforge.api import InvalidSpec, TrainingJobSpec, parse_training_job_spec
-from trainforge.reconcile.conditions import Cond, merge_conditions
+from trainforge.api.common import ApiModel
+from trainforge.api.trainingjob import CheckpointStatus, Progress
+from trainforge.reconcile.conditions import Cond, merge_conditions, stalled_event
 from trainforge.render.trainingjob import JobRef, RenderSettings, desired_children
 
 RUNNING, PENDING, RESTARTING = "Running", "Pending", "Restarting"
@@ -81,15 +85,53 @@ def pod_view(pod: dict[str, Any]) -> PodView:
     )
 
 
+# The kubelet keeps at most 4 KiB of a termination message; anything longer is not the trainer's.
+MAX_TERMINATION_MESSAGE = 4096
+PROGRESS_FIELDS = ("step", "totalSteps", "loss", "samplesPerSecond")
+
+
 def _progress(message: str | None) -> dict[str, Any] | None:
-    """The trainer's progress record from a termination message (contract.py)."""
-    if not message:
+    """The trainer's progress record from a termination message (contract.py), sanitised.
+
+    The message is written by the worker, so it is untrusted: every field is checked against
+    the status schema on its own, and one that does not fit (NaN or Infinity from a diverged
+    loss, a wrong type, out of range) is dropped, never copied into status where the API
+    server would refuse every later status write. A checkpoint record without a valid step
+    and path is dropped whole. The record needs a valid `step` to count at all.
+    """
+    if not message or len(message) > MAX_TERMINATION_MESSAGE:
         return None
     try:
         record = json.loads(message)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
+    if not isinstance(record, dict):
+        return None
+    progress = {
+        key: record[key]
+        for key in PROGRESS_FIELDS
+        if key in record and _fits(Progress, {key: record[key]})
+    }
+    if "step" not in progress:
+        return None
+    checkpoint = record.get("checkpoint")
+    if isinstance(checkpoint, dict):
+        fields = {k: checkpoint[k] for k in ("step", "path", "time") if k in checkpoint}
+        if not _fits(CheckpointStatus, {"step": fields.get("step"), "path": fields.get("path")}):
+            fields = {}
+        elif "time" in fields and not _fits(CheckpointStatus, fields):
+            del fields["time"]
+        if fields:
+            progress["checkpoint"] = fields
+    return progress
+
+
+def _fits(model: type[ApiModel], fields: dict[str, Any]) -> bool:
+    try:
+        model.model_validate(fields)
+    except ValidationError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -101,6 +143,10 @@ class Observed:
     missing_references: list[str] = field(default_factory=list)
     # The non-pod children (service, PVC, PodGroup) were created for the current attempt.
     children_ensured: bool = False
+    # (reason, message) of the last attempt to create children, when it was stopped: the API
+    # server refused one (validation, an admission plugin) or its name is taken by an object
+    # this job does not control (reconcile/children.py).
+    rejected: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -154,6 +200,9 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
         status["conditions"] = merge_conditions(
             old.get("conditions", []), _kstatus(new_phase, conditions), generation, rfc3339(now)
         )
+        stalled = stalled_event(old.get("conditions", []), status["conditions"])
+        if stalled and new_phase != FAILED:  # a failure has its own "Failed" event
+            result.events.append(stalled)
         return result
 
     try:
@@ -268,6 +317,12 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
     result.create = [pod for pod in children.pods if _index(pod) not in present]
     if result.create and not obs.children_ensured:
         result.create = [*children.others, *result.create]
+
+    if obs.rejected and result.create:
+        reason, message = obs.rejected[0][0], "; ".join(m for _, m in obs.rejected)
+        return finish(
+            PENDING, [Cond("Stalled", True, reason, message), Cond(RUNNING, False, reason, message)]
+        )
 
     running = [p for p in current if p.phase == "Running"]
     if len(running) == spec.workers:
