@@ -89,11 +89,11 @@ def test_the_checkpoint_volume_is_writable_by_the_images_group() -> None:
     assert {"/checkpoints", "/tmp", "/dev/shm"} <= mounts
 
 
-def test_user_env_may_move_home() -> None:
-    container = worker({"env": [{"name": "HOME", "value": "/checkpoints/home"}]})["containers"][0]
-    assert [var["value"] for var in container["env"] if var["name"] == "HOME"] == [
-        "/checkpoints/home"
-    ]
+@pytest.mark.parametrize(("render", "spec"), [(worker, {}), (server, SERVICE)])
+def test_user_env_may_move_home(render: Any, spec: dict[str, Any]) -> None:
+    home = {"env": [{"name": "HOME", "value": "/data/home"}]}
+    (container,) = render({**spec, **home})["containers"]
+    assert [var["value"] for var in container["env"] if var["name"] == "HOME"] == ["/data/home"]
 
 
 @pytest.mark.parametrize(

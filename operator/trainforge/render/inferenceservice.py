@@ -126,7 +126,7 @@ def _env(name: str, value: object) -> dict[str, Any]:
 
 def server_env(name: str, spec: InferenceServiceSpec, mount: ModelMount) -> list[dict[str, Any]]:
     """The server's settings (trainforge_trainer.serve reads TRAINFORGE_SERVE_*), then the
-    user's env, which may set the server's other knobs but not these."""
+    user's env, which may set the server's other knobs and HOME but not these."""
     server = spec.server
     env = [
         _env(contract.ENV_CHECKPOINT_DIR, mount.checkpoint_dir),
@@ -137,7 +137,9 @@ def server_env(name: str, spec: InferenceServiceSpec, mount: ModelMount) -> list
         _env(contract.ENV_SERVE_QUANTIZE, server.quantize),
         *security.scratch_env(),
     ]
-    return env + [var.to_json() for var in spec.env]
+    user = [var.to_json() for var in spec.env]
+    overridden = {var["name"] for var in user}
+    return [var for var in env if var["name"] not in overridden] + user
 
 
 def _resources(spec: InferenceServiceSpec) -> dict[str, Any]:
