@@ -20,7 +20,10 @@ def test_operator_pod_passes_restricted(
     kubectl: Kubectl, helm: Path, namespace: str, tmp_path: Path, values: dict[str, Any]
 ) -> None:
     kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
-    [deployment] = find(render(helm, values, tmp_path, namespace=namespace), "Deployment")
+    docs = render(helm, values, tmp_path, namespace=namespace)
+    [account] = find(docs, "ServiceAccount")
+    kubectl("create", "serviceaccount", account["metadata"]["name"], "-n", namespace)
+    [deployment] = find(docs, "Deployment")
     template = deployment["spec"]["template"]
     # Pod Security is enforced on pods (a Deployment only gets a warning): the pod its
     # ReplicaSet would create.
