@@ -453,3 +453,19 @@ def test_child_view_reads_a_replica_failure() -> None:
     )
     assert view.rollout is not None
     assert view.rollout.replica_failure == 'pods "chat-1" is forbidden: exceeded quota: q'
+
+
+def test_server_pods_that_cannot_start_stall_the_service() -> None:
+    starting = replace(DONE, ready_replicas=0, available_replicas=0)
+    problem = ("CrashLoopBackOff", "pod chat-1 cannot start container server: CrashLoopBackOff: …")
+    obs = Observed(
+        service(PVC),
+        NOW,
+        claim_exists=True,
+        children=children_for(PVC, PVC_MOUNT, starting),
+        pods_cannot_start=[problem],
+    )
+    result = plan(obs, SETTINGS)
+    assert conditions(result)["Stalled"] == ("True", "CrashLoopBackOff")
+    assert conditions(result)["ModelLoaded"] == ("False", "CrashLoopBackOff")
+    assert ("Warning", "CrashLoopBackOff", problem[1]) in result.events

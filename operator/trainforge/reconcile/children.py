@@ -12,6 +12,7 @@ Stalled condition and an Event, and back off (workqueue.Backoff) instead of retr
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from trainforge import kube
@@ -63,25 +64,35 @@ def controlled_by(obj: dict[str, Any], uid: str) -> bool:
     return any(o.get("uid") == uid and o.get("controller") for o in owners)
 
 
+Lookup = Callable[[kube.Ref], dict[str, Any] | None]
+
+
 def write_child(
-    manifest: dict[str, Any], owner: dict[str, Any], fix: str, *, update: bool, known: bool
+    manifest: dict[str, Any],
+    owner: dict[str, Any],
+    fix: str,
+    *,
+    update: bool,
+    known: bool,
+    lookup: Lookup = kube.get,
 ) -> Problem | None:
     """Create (`update=False`: an existing child is left as it is) or server-side apply
     (`update=True`) one child of `owner`; returns what stopped it, if anything.
 
     `known`: the owner's watch shows the child as its own, so no ownership check is needed.
     Otherwise a server-side apply first looks the name up (an apply would take the object
-    over), and a create that finds the name taken (409) looks up who holds it.
+    over), and a create that finds the name taken (409) looks up who holds it, with
+    `lookup` (a GET, unless the caller's watch already tells).
     """
     kind, meta = manifest["kind"], manifest["metadata"]
     ref = kube.Ref(manifest["apiVersion"], kind, meta["namespace"], meta["name"])
     try:
         if update:
-            if not known and (problem := _taken(ref, owner)):
+            if not known and (problem := _taken(ref, owner, lookup)):
                 return problem
             kube.apply(manifest)
         elif not kube.create(manifest) and not known:
-            return _taken(ref, owner)
+            return _taken(ref, owner, lookup)
     except kube.KubeError as e:
         if e.status not in REFUSED_STATUSES:
             raise
@@ -89,8 +100,8 @@ def write_child(
     return None
 
 
-def _taken(ref: kube.Ref, owner: dict[str, Any]) -> Problem | None:
-    existing = kube.get(ref)
+def _taken(ref: kube.Ref, owner: dict[str, Any], lookup: Lookup) -> Problem | None:
+    existing = lookup(ref)
     if existing is None or controlled_by(existing, owner["metadata"]["uid"]):
         return None
     kind = owner["kind"]

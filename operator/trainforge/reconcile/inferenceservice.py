@@ -121,6 +121,8 @@ class Observed:
     # kind -> spec hash of children applied recently that the watch does not show yet; not
     # applied again (nor announced twice) while they are on their way.
     in_flight: dict[str, str] = field(default_factory=dict)
+    # (kubelet reason, message) of server pods whose container cannot start (pods.py).
+    pods_cannot_start: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -313,6 +315,10 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
         loaded = Cond(
             MODEL_LOADED, False, problem[0], f"no server pod could be created: {problem[1]}"
         )
+    if obs.pods_cannot_start:
+        problems += obs.pods_cannot_start
+        first = obs.pods_cannot_start[0]
+        loaded = Cond(MODEL_LOADED, False, first[0], first[1])
     if rollout and rollout.stuck_message:
         problems.append(("ProgressDeadlineExceeded", rollout.stuck_message))
     stalled = Cond(

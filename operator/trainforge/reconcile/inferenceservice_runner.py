@@ -40,6 +40,8 @@ Key = tuple[str, str]  # (namespace, name)
 # The latest watched InferenceService or TrainingJob for a key, and a service's children.
 ObjectLookup = Callable[[Key], Mapping[str, Any] | None]
 ChildrenLookup = Callable[[Key], list[ChildView]]
+# (kubelet reason, message) of a service's pods whose container cannot start.
+PodProblemsLookup = Callable[[Key], list[tuple[str, str]]]
 
 API_VERSIONS = {
     "Deployment": "apps/v1",
@@ -71,10 +73,12 @@ class InferenceServiceRunner:
         jobs: ObjectLookup,
         children: ChildrenLookup,
         settings: RenderSettings,
+        pods_cannot_start: PodProblemsLookup,
     ) -> None:
         self._services = services
         self._jobs = jobs
         self._children = children
+        self._pods_cannot_start = pods_cannot_start
         self._settings = settings
         self._memory: dict[str, Memory] = {}
         self._lock = threading.Lock()  # guards _memory's dict; one worker per key at a time
@@ -117,6 +121,7 @@ class InferenceServiceRunner:
             children=children,
             blocked=list(memory.blocked.values()),
             in_flight=self._in_flight(children, memory),
+            pods_cannot_start=sorted(self._pods_cannot_start((namespace, meta["name"]))),
         )
         result = plan(observed, self._settings)
         self._apply(service, result, memory, {child.kind for child in children})

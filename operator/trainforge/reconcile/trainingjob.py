@@ -23,11 +23,18 @@ from trainforge.api import InvalidSpec, TrainingJobSpec, parse_training_job_spec
 from trainforge.api.common import ApiModel
 from trainforge.api.trainingjob import CheckpointStatus, Progress
 from trainforge.reconcile.conditions import Cond, merge_conditions, stalled_event
-from trainforge.render.trainingjob import JobRef, RenderSettings, desired_children
+from trainforge.reconcile.pods import cannot_start
+from trainforge.render.trainingjob import (
+    JobRef,
+    RenderSettings,
+    desired_children,
+    worker_pod_name,
+)
 
 RUNNING, PENDING, RESTARTING = "Running", "Pending", "Restarting"
 SUSPENDED, SUCCEEDED, FAILED = "Suspended", "Succeeded", "Failed"
 TERMINAL = (SUCCEEDED, FAILED)
+OTHER_CHILD_KINDS = frozenset({"Service", "PersistentVolumeClaim", "PodGroup"})
 CONDITION_TYPES = (RUNNING, RESTARTING, SUSPENDED, SUCCEEDED, FAILED)
 
 
@@ -46,6 +53,8 @@ class PodView:
     unschedulable: str = ""
     spec_hash: str = ""
     progress: dict[str, Any] | None = None
+    # (kubelet reason, message) when a container cannot start (reconcile/pods.py).
+    cannot_start: tuple[str, str] | None = None
 
     @property
     def active(self) -> bool:
@@ -82,6 +91,7 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         else "",
         spec_hash=meta.get("annotations", {}).get(contract.ANNOTATION_SPEC_HASH, ""),
         progress=_progress(terminated.get("message") if terminated else None),
+        cannot_start=cannot_start(pod),
     )
 
 
@@ -141,8 +151,10 @@ class Observed:
     now: datetime
     # "spec.field: what is missing and how to fix it", for referenced objects that do not exist.
     missing_references: list[str] = field(default_factory=list)
-    # The non-pod children (service, PVC, PodGroup) were created for the current attempt.
-    children_ensured: bool = False
+    # Kinds of the non-pod children (OTHER_CHILD_KINDS) that exist, controlled by this job
+    # and not being deleted, or were just created; a missing one is created again, except a
+    # checkpoint claim that held committed checkpoints.
+    children_present: frozenset[str] = frozenset()
     # (reason, message) of the last attempt to create children, when it was stopped: the API
     # server refused one (validation, an admission plugin) or its name is taken by an object
     # this job does not control (reconcile/children.py).
@@ -256,6 +268,19 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
     if failed:
         return _on_failure(result, obs, spec, failed, finish)
 
+    lost = _lost_workers(meta["name"], obs.pods, attempt, phase, spec.workers)
+    if lost:
+        # A worker replaced alone could not rejoin its gang's rendezvous (torchrun/NCCL).
+        return _restart(
+            result,
+            obs,
+            counted=False,
+            reason="WorkersDisrupted",
+            message=f"restarting the gang: {', '.join(lost)}; not counted against "
+            "spec.failurePolicy.maxRestarts",
+            finish=finish,
+        )
+
     if (
         current
         and all(p.phase == "Succeeded" for p in current)
@@ -289,6 +314,18 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
             finish=finish,
         )
 
+    claim = children.checkpoint_pvc
+    if claim and "PersistentVolumeClaim" not in obs.children_present and "checkpoint" in status:
+        # A new, empty claim would silently restart training from step 0.
+        message = (
+            f"PersistentVolumeClaim {meta['namespace']}/{claim['metadata']['name']}, which holds "
+            f"the job's committed checkpoints (newest: step {status['checkpoint']['step']}), "
+            "was deleted; the operator does not replace it with an empty claim, which would "
+            "restart training from step 0. Restore the claim under the same name (from a "
+            "backup or snapshot), or delete the job and start a new one"
+        )
+        return finish(PENDING, _stalled([("CheckpointVolumeLost", message)]))
+
     if obs.missing_references:
         message = "; ".join(obs.missing_references)
         return finish(
@@ -314,15 +351,13 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
         )
 
     present = {p.index for p in current}
-    result.create = [pod for pod in children.pods if _index(pod) not in present]
-    if result.create and not obs.children_ensured:
-        result.create = [*children.others, *result.create]
+    result.create = [
+        *(child for child in children.others if child["kind"] not in obs.children_present),
+        *(pod for pod in children.pods if _index(pod) not in present),
+    ]
 
     if obs.rejected and result.create:
-        reason, message = obs.rejected[0][0], "; ".join(m for _, m in obs.rejected)
-        return finish(
-            PENDING, [Cond("Stalled", True, reason, message), Cond(RUNNING, False, reason, message)]
-        )
+        return finish(PENDING, _stalled(obs.rejected))
 
     running = [p for p in current if p.phase == "Running"]
     if len(running) == spec.workers:
@@ -331,6 +366,11 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
             RUNNING,
             [Cond(RUNNING, True, "AllWorkersRunning", f"all {spec.workers} workers are running")],
         )
+    stuck = [p.cannot_start for p in current if p.cannot_start]
+    if stuck:
+        # The kubelet waits for a change only a person can make: say so (Stalled), with its
+        # own words, instead of a silent Pending.
+        return finish(PENDING, _stalled(stuck))
     unschedulable = [f"{p.name}: {p.unschedulable}" for p in current if p.unschedulable]
     conditions = [
         Cond(RUNNING, False, "WorkersPending", f"{len(running)}/{spec.workers} workers running")
@@ -341,6 +381,12 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
             Cond("Unschedulable", True, "Unschedulable", "; ".join(unschedulable)),
         ]
     return finish(PENDING, conditions)
+
+
+def _stalled(problems: list[tuple[str, str]]) -> list[Cond]:
+    """Stalled (and not Running) for (reason, message) problems; the first one's reason."""
+    reason, message = problems[0][0], "; ".join(m for _, m in problems)
+    return [Cond("Stalled", True, reason, message), Cond(RUNNING, False, reason, message)]
 
 
 def old_reason(old: dict[str, Any], phase: str) -> tuple[str, str]:
@@ -402,6 +448,29 @@ def _on_failure(
     )
 
 
+def _lost_workers(
+    job_name: str, pods: list[PodView], attempt: int, phase: str, workers: int
+) -> list[str]:
+    """Workers of the current gang that someone else took away: deleted by hand, evicted
+    (the Eviction API), or gone with their node. The operator deletes pods only after it moved
+    the gang to a new attempt (or stopped the job), so a current pod being deleted is never
+    its own doing. A pod missing altogether counts once the gang ran: before that, a missing
+    index is one still to be created."""
+    deleting = sorted(
+        (p for p in pods if p.attempt == attempt and p.deleting and p.phase != "Succeeded"),
+        key=lambda p: p.index,
+    )
+    lost = [f"{p.name} is being deleted (by hand, an eviction or node loss)" for p in deleting]
+    if phase == RUNNING:
+        present = {p.index for p in pods if p.attempt == attempt}
+        lost += [
+            f"{worker_pod_name(job_name, i)} is gone (deleted, or its node was lost)"
+            for i in range(workers)
+            if i not in present
+        ]
+    return lost
+
+
 def _restart(
     result: Plan, obs: Observed, counted: bool, reason: str, message: str, finish: Any
 ) -> Plan:
@@ -445,7 +514,10 @@ def _kstatus(phase: str, conditions: list[Cond]) -> list[Cond]:
         FAILED if phase == FAILED else "NotStalled",
         given[FAILED].message if FAILED in given else "",
     )
-    ready = phase in (RUNNING, SUCCEEDED)
+    # Suspended is a state the user asked for and reached: kstatus (which falls back to Ready
+    # when neither Reconciling nor Stalled is True) must read it as Current, as docs/gitops.md
+    # promises; a Flux `wait: true` would time out on an InProgress one.
+    ready = phase in (RUNNING, SUCCEEDED, SUSPENDED)
     reconciling = phase in (PENDING, RESTARTING) and not stalled.status
     extra = [c for t, c in given.items() if t not in CONDITION_TYPES and t != "Stalled"]
     return [
