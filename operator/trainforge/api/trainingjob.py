@@ -210,7 +210,8 @@ class Nccl(ApiModel):
 
 class Rdma(ApiModel):
     """RDMA networking: Multus attachments, RDMA device resources and NCCL settings. Workers
-    also get the IPC_LOCK capability (to pin memory) and a memory-backed /dev/shm."""
+    also get a memory-backed /dev/shm and, unless ipcLock is false, the IPC_LOCK capability
+    (to pin memory), which needs a namespace whose Pod Security level is privileged."""
 
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
@@ -232,6 +233,13 @@ class Rdma(ApiModel):
     {rdma/rdma_shared_device_a: 1}."""
     nccl: Nccl = Field(default_factory=Nccl)
     """NCCL environment for the RDMA fabric."""
+    ipc_lock: bool = True
+    """Give the trainer the IPC_LOCK capability, so RDMA can pin as much memory as it needs.
+    The capability only takes effect for root, so the trainer then runs as uid 0 with IPC_LOCK
+    as its only capability, and the pod is admitted only where the namespace's Pod Security
+    level is privileged. Set false where the nodes' container runtime already allows
+    unlimited locked memory (RLIMIT_MEMLOCK, e.g. LimitMEMLOCK=infinity for containerd): the
+    pod then runs as the image's non-root user and passes the restricted level."""
 
     @model_validator(mode="after")
     def _networks_listed_once(self) -> Rdma:

@@ -212,6 +212,8 @@ class LocalRun:
             contract.ENV_CHECKPOINT_DIR: str(self.checkpoint_dir),
             contract.ENV_METRICS_PORT: str(free_port()),
             contract.ENV_TERMINATION_MESSAGE_PATH: str(progress_file),
+            # The pod's HOME is its scratch volume; here the user's own home serves.
+            "HOME": str(Path.home()),
         }
         argv, env = process_command(pod, overrides)
         log_file = self.workdir / "logs" / f"{stem}.log"
