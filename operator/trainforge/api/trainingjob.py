@@ -216,7 +216,8 @@ class Rdma(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
             cel(
-                "self.networks.all(n, self.networks.exists_one(m, m.name == n.name && "
+                "!has(self.networks) || self.networks.all(n, self.networks.exists_one(m, "
+                "m.name == n.name && "
                 "(has(m.__namespace__) ? m.__namespace__ : '') == "
                 "(has(n.__namespace__) ? n.__namespace__ : '')))",
                 "network.rdma.networks: each NetworkAttachmentDefinition (name and namespace) "
