@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[2]
         ),
         (
             {"recipe": "bert"},
-            ["recipe: unknown recipe 'bert'; use 'mlp' or 'gpt', or set entrypoint"],
+            ["recipe: unknown recipe 'bert'; use 'mlp', 'gpt' or 'causal-lm', or set entrypoint"],
         ),
         (
             {"recipe": "gpt", "model": {"dModel": 30, "nHeads": 4}},
