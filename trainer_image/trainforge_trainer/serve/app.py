@@ -9,6 +9,8 @@ Routes (model routes also under /v2/models/{name}/versions/{version}/...):
     GET  /v2/models/{name}/ready  as /v2/health/ready, for this model
     POST /v2/models/{name}/infer  inference
     GET  /metrics                 Prometheus text
+    /v1/models, /v1/completions, /v1/chat/completions   OpenAI-compatible, for causal-lm
+                                  checkpoints (openai_api.py)
 
 Every error is JSON `{"error": "..."}`: 4xx for the client's mistakes, 503 while not ready.
 """
@@ -33,6 +35,7 @@ from trainforge_trainer.serve import protocol
 from trainforge_trainer.serve.batcher import DynamicBatcher
 from trainforge_trainer.serve.metrics import ServeMetrics
 from trainforge_trainer.serve.model_store import ModelStore, ServedModel, describe
+from trainforge_trainer.serve.openai_api import OpenAiRoutes
 from trainforge_trainer.serve.settings import ServeSettings
 
 # In-flight requests get this long to finish once the server stops listening.
@@ -78,6 +81,7 @@ class InferenceServer:
             observe=self._on_batch,
             thread_setup=self._limit_torch_threads,
         )
+        self.openai = OpenAiRoutes(self)
         self.draining = False
         self.in_flight = 0
         self.metrics.in_flight.set_function(lambda: self.in_flight)
@@ -191,6 +195,7 @@ class InferenceServer:
             app.router.add_get(prefix, self._model_metadata)
             app.router.add_get(prefix + "/ready", self._model_ready)
             app.router.add_post(prefix + "/infer", self._infer)
+        self.openai.add_to(app)
         return app
 
     @web.middleware

@@ -26,7 +26,7 @@ def sentences(n: int, seed: int = 0) -> list[str]:
     ]
 
 
-def make_tokenizer(out: Path, corpus: list[str], vocab_size: int = 160) -> Any:
+def make_tokenizer(out: Path, corpus: list[str], vocab_size: int = 400) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
