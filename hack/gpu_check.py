@@ -32,11 +32,12 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-WORDS = (
+_TEXT = (
     "the model trainer gradient checkpoint cluster worker node pod rank batch step loss "
     "tensor layer weight signal learns saves resumes shards reduces waits quickly slowly "
     "again never always before after while because and but or so then"
-).split()
+)
+WORDS = _TEXT.split(" ")
 
 
 def corpus(n: int) -> list[str]:
@@ -183,7 +184,7 @@ def check_vllm(export: Path, work: Path) -> tuple[bool, str]:
             str(port),
             "--max-model-len",
             "1024",
-        ],  # fmt: skip
+        ],
         stdout=log,
         stderr=log,
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
@@ -275,7 +276,7 @@ def main() -> int:
                 (e["step"] for e in events(work / "stopped.log") if e["event"] == "preempted"),
                 None,
             )
-            results.append(("stop at step %s + resume" % stop_step, same, detail))
+            results.append((f"stop at step {stop_step} + resume", same, detail))
         else:
             results.append(("stop + resume", False, f"see {work}/resumed.log"))
 
