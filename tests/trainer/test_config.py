@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from trainer_harness import Launcher
 
 from trainforge import contract
@@ -153,3 +154,12 @@ def test_errors_found_while_starting_are_config_errors(
     assert len(errors) == 1 and expected in errors[0], log
     assert "Traceback" not in log
     assert expected in json.loads(job.termination[0].read_text())[contract.PROGRESS_ERROR_KEY]
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[2] / "examples").glob("trainingjob-*.yaml")), ids=str
+)
+def test_the_examples_trainer_configs_parse(path: Path) -> None:
+    trainer = yaml.safe_load(path.read_text())["spec"].get("trainer")
+    if trainer is not None:
+        parse(trainer)

@@ -90,3 +90,21 @@ def test_bad_runtime_combinations_say_what_to_change(
             {"model": {"claimName": "ckpt"}, "server": server_spec, **extra}
         )
     assert message in str(err.value)
+
+
+def test_the_llm_examples_serve_the_llm_training_example() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    from trainforge.render.trainingjob import checkpoint_pvc_name
+
+    examples = Path(__file__).parents[2] / "examples"
+    job = yaml.safe_load((examples / "trainingjob-llm.yaml").read_text())
+    bundled = yaml.safe_load((examples / "inferenceservice-llm.yaml").read_text())
+    vllm = yaml.safe_load((examples / "inferenceservice-vllm.yaml").read_text())
+    name = job["metadata"]["name"]
+    assert bundled["spec"]["model"]["fromTrainingJob"] == name
+    assert vllm["spec"]["model"]["claimName"] == checkpoint_pvc_name(name)
+    # The export lands where the vllm runtime looks: `hf` in the checkpoint directory.
+    assert "path" not in job["spec"]["trainer"].get("export", {})
