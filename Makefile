@@ -61,6 +61,7 @@ bench: setup cluster-build ## run the benchmarks (never part of `make test`; see
 	$(PY) bench/operator_bench.py
 	$(PY) bench/trainer_bench.py
 	$(PY) bench/serve_bench.py
+	$(PY) bench/llm_serve_bench.py
 
 test: setup system-deps cluster-build lint ## everything CI runs: lint, unit, trainer, cluster and helm tests
 	$(BIN)/pytest -q -ra tests $(PYTEST_ARGS)
