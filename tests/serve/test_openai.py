@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import openai
 import pytest
 import torch
-from serve_helpers import serving
+from serve_helpers import commit, serving
 
 from lm_fixtures import lm_config, make_model_dir, sentences, write_jsonl
 from trainforge_trainer import checkpoint as ckpt
@@ -34,7 +35,14 @@ def lm_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for s in sentences(300)
     ]
     data = write_jsonl(work / "chat.jsonl", chats)
-    cfg = lm_config(base, data, maxSteps=150, batchSize=8, data={"seqLen": 32})
+    cfg = lm_config(
+        base,
+        data,
+        maxSteps=150,
+        batchSize=8,
+        data={"seqLen": 32},
+        checkpoint={"everySteps": 75, "keepLast": 2},
+    )
     import os
     import subprocess
     import sys
@@ -206,3 +214,34 @@ def test_generation_matches_the_checkpoint_run_directly(
     expected = tokenizer.decode(ids[-6:], skip_special_tokens=True)
     got = client.completions.create(model=MODEL, prompt="the trainer", max_tokens=6, temperature=0)
     assert got.choices[0].text == expected
+
+
+def test_hot_reload_and_drain_apply_to_generation(lm_checkpoints: Path, tmp_path: Path) -> None:
+    """A newer checkpoint is picked up without a restart; a stream in flight at shutdown is
+    answered to its end."""
+    root = tmp_path / "served"
+    commit(lm_checkpoints / "step-00000075", root)
+
+    async def scenario() -> None:
+        async with serving(root) as s:
+            await s.wait_ready(60)
+            assert (await s.get("/v1/models"))[1]["data"][0]["step"] == 75
+            commit(lm_checkpoints / "step-00000150", root)
+            deadline = time.monotonic() + 60
+            while (await s.get("/v1/models"))[1]["data"][0]["step"] != 150:
+                assert time.monotonic() < deadline, "the newer checkpoint was not loaded"
+                await asyncio.sleep(0.1)
+
+            body = {"model": MODEL, "prompt": "the", "max_tokens": 40, "stream": True}
+            async with s.http.post("/v1/completions", json=body) as r:
+                first = await r.content.readline()
+                assert first.startswith(b"data: ")
+                shutdown = asyncio.create_task(s.server.shutdown(0))
+                rest = (await r.read()).decode()
+            await shutdown
+            events = [line[6:] for line in rest.splitlines() if line.startswith("data: ")]
+            assert events[-1] == "[DONE]"
+            finish = [json.loads(e)["choices"][0]["finish_reason"] for e in events[:-1]]
+            assert finish[-1] in ("stop", "length")
+
+    asyncio.run(scenario())

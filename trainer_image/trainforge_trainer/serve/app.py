@@ -135,6 +135,7 @@ class InferenceServer:
                 await asyncio.sleep(0.02)
             await self._runner.cleanup()
         await self.batcher.stop()
+        await self.openai.generator.stop()
         logs.event("stopped")
 
     async def _watch(self) -> None:

@@ -248,6 +248,13 @@ class Generator:
         self._task: asyncio.Task[None] | None = None
         self.steps = 0
 
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        self._executor.shutdown(wait=True)
+
     def submit(self, seq: _Sequence) -> None:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._loop(), name="generate")
@@ -381,6 +388,8 @@ class OpenAiRoutes:
                     ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
                 else:
                     ids = list(tokenizer(completion_prompt(body))["input_ids"])
+                if not ids:
+                    raise OpenAiError("prompt: must not be empty", param="prompt")
                 seq = self._sequence(served, tokenizer, ids, sampling)
             except OpenAiError as exc:
                 return exc.response()
@@ -533,22 +542,24 @@ class OpenAiRoutes:
                 c["text"] = text or ""
             return c
 
-        if chat:
-            await send(choice("", None, first=True))
         try:
-            async for kind, value in self._events(seq):
-                if kind == "text" and value:
-                    await send(choice(value, None))
-                elif kind == "done":
-                    await send(choice(None if chat else "", value))
-        except RuntimeError as exc:
-            error = {"error": {"message": str(exc), "type": "server_error"}}
-            await response.write(f"data: {json.dumps(error)}\n\n".encode())
-        if seq.sampling.include_usage:
-            await send(None, self._usage(seq))
-        await response.write(b"data: [DONE]\n\n")
-        with contextlib.suppress(ConnectionResetError):
+            if chat:
+                await send(choice("", None, first=True))
+            try:
+                async for kind, value in self._events(seq):
+                    if kind == "text" and value:
+                        await send(choice(value, None))
+                    elif kind == "done":
+                        await send(choice(None if chat else "", value))
+            except RuntimeError as exc:
+                error = {"error": {"message": str(exc), "type": "server_error"}}
+                await response.write(f"data: {json.dumps(error)}\n\n".encode())
+            if seq.sampling.include_usage:
+                await send(None, self._usage(seq))
+            await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
+        except ConnectionResetError:
+            pass  # the client went away: its sequence is dropped at the next step
         return response
 
 
