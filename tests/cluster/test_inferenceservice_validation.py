@@ -188,6 +188,7 @@ def test_server_applies_the_schema_defaults(kubectl: Kubectl, namespace: str) ->
         "maxBatchDelayMs": 5,
         "quantize": "none",
         "startupTimeoutSeconds": 600,
+        "runtime": "trainforge",
     }
     assert spec["resources"] == {"gpus": 0, "gpuResource": "nvidia.com/gpu"}
 

@@ -331,7 +331,8 @@ class InferenceServiceSpec(ApiModel):
                 field_path=".image",
             ),
             cel(
-                "self.server.runtime == 'vllm' || size(self.server.vllmArgs) == 0",
+                "self.server.runtime == 'vllm' || !has(self.server.vllmArgs)"
+                " || size(self.server.vllmArgs) == 0",
                 "server.vllmArgs applies only with server.runtime vllm; remove it",
                 field_path=".server.vllmArgs",
             ),
