@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 import torch
-from lm_fixtures import lm_config, make_model_dir, make_tokenizer, sentences, write_jsonl
 from trainer_harness import Launcher, committed_steps, flat_tensors, load_checkpoint
 
+from lm_fixtures import lm_config, make_model_dir, make_tokenizer, sentences, write_jsonl
 from trainforge import contract
 from trainforge_trainer.__main__ import main
 from trainforge_trainer.checkpoint import latest_committed, load_model_for_inference
@@ -191,3 +191,19 @@ def test_a_missing_model_directory_is_a_config_error(
     job = trainers.launch(lm_config(tmp_path / "nowhere", corpus))
     assert job.wait(60) == [contract.EXIT_CONFIG_ERROR]
     assert "model.path: no Hugging Face model at" in job.log_text()
+
+
+def test_sequences_pack_examples_or_pad_each_one() -> None:
+    from trainforge_trainer.lm_data import Example, sequences
+
+    examples = [Example([1, 2, 3], [1, 2, 3]), Example([4, 5], [IGNORE_INDEX, 5])]
+    packed = sequences(examples, 2, packing=True, pad_id=0)
+    # Stream 1 2 3 4 5: windows of 2 inputs with their next-token targets, the tail dropped.
+    assert packed.inputs.tolist() == [[1, 2], [3, 4]]
+    assert packed.targets.tolist() == [[2, 3], [IGNORE_INDEX, 5]]
+    padded = sequences(examples, 3, packing=False, pad_id=0)
+    assert padded.inputs.tolist() == [[1, 2, 3], [4, 5, 0]]
+    assert padded.targets.tolist() == [
+        [2, 3, IGNORE_INDEX],
+        [5, IGNORE_INDEX, IGNORE_INDEX],
+    ]

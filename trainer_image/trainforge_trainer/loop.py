@@ -500,13 +500,19 @@ class Trainer:
         cfg = self.cfg
         if not isinstance(cfg, config_mod.CausalLmConfig) or self._last_committed is None:
             return
+        error: str | None = None
         if self.dist.is_main:
             from trainforge_trainer import causal_lm
 
             out = causal_lm.default_export_dir(cfg, self.checkpointer.directory)
-            causal_lm.export(self._last_committed, out)
-        # Every rank exits only once the export is complete (the pods succeed together).
-        self.dist.broadcast_object(None)
+            try:
+                causal_lm.export(self._last_committed, out)
+            except Exception as exc:
+                error = repr(exc)
+        # Every rank waits for the export and fails with it: the pods end together.
+        error = self.dist.broadcast_object(error)
+        if error is not None:
+            raise RuntimeError(f"export of step {self.step} failed: {error}")
 
     def run(self) -> int:
         """Train to maxSteps (exit 0) or until SIGTERM (checkpoint, EXIT_PREEMPTED)."""
