@@ -40,6 +40,7 @@ def make_tokenizer(out: Path, corpus: list[str], vocab_size: int = 400) -> Any:
             vocab_size=vocab_size,
             special_tokens=specials,
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
         ),
     )
     fast = PreTrainedTokenizerFast(
