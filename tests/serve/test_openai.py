@@ -157,6 +157,12 @@ def test_max_tokens_stop_seed_and_greedy(client: openai.OpenAI) -> None:
         for seed in (1, 1, 2, 3)
     ]
     assert samples[0] == samples[1] and len(set(samples)) > 1
+    # top_p 0 keeps only the likeliest token: greedy, whatever the temperature.
+    nucleus = client.completions.create(
+        model=MODEL, prompt="the", max_tokens=8, temperature=1.5, top_p=0, seed=4
+    )
+    greedy = client.completions.create(model=MODEL, prompt="the", max_tokens=8, temperature=0)
+    assert nucleus.choices[0].text == greedy.choices[0].text
 
 
 def test_concurrent_requests_share_decode_steps(server: InferenceServer) -> None:

@@ -220,6 +220,7 @@ def _sample(logits: torch.Tensor, s: Sampling, generator: torch.Generator) -> in
         sorted_p, order = probs.sort(descending=True)
         # Keep the smallest prefix whose mass reaches top_p (always at least one token).
         outside = sorted_p.cumsum(0) - sorted_p >= s.top_p
+        outside[0] = False  # top_p 0 means the single likeliest token
         sorted_p[outside] = 0
         probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
     return int(torch.multinomial(probs, 1, generator=generator))
