@@ -166,23 +166,31 @@ def test_max_tokens_stop_seed_and_greedy(client: openai.OpenAI) -> None:
 
 
 def test_concurrent_requests_share_decode_steps(server: InferenceServer) -> None:
-    async def scenario() -> tuple[list[str], int]:
+    """Requests of different lengths, arriving together, are decoded in shared steps (their
+    KV caches padded to one length) and get exactly the text each gets alone."""
+    prompts = ["the", "the trainer", "a worker saves the", "every pod", "the model"] * 2
+
+    async def scenario() -> tuple[list[str], list[str], int]:
         aclient = openai.AsyncOpenAI(
             base_url=f"http://127.0.0.1:{server.port}/v1", api_key="unused"
         )
-        before = server.openai.generator.steps
-        replies = await asyncio.gather(
-            *(
-                aclient.completions.create(model=MODEL, prompt="the", max_tokens=10, temperature=0)
-                for _ in range(8)
-            )
-        )
-        await aclient.close()
-        return [r.choices[0].text for r in replies], server.openai.generator.steps - before
 
-    texts, steps = asyncio.run(scenario())
-    assert len(set(texts)) == 1, "batched greedy decoding must not change the text"
-    assert steps < 8 * 10 / 2, f"{steps} decode steps for 8 requests of 10 tokens: not batched"
+        async def complete(prompt: str) -> str:
+            reply = await aclient.completions.create(
+                model=MODEL, prompt=prompt, max_tokens=10, temperature=0
+            )
+            return reply.choices[0].text
+
+        alone = [await complete(p) for p in prompts]
+        before = server.openai.generator.steps
+        together = await asyncio.gather(*(complete(p) for p in prompts))
+        steps = server.openai.generator.steps - before
+        await aclient.close()
+        return alone, list(together), steps
+
+    alone, together, steps = asyncio.run(scenario())
+    assert together == alone, "batched decoding changed a greedy answer"
+    assert steps < len(prompts) * 10 / 2, f"{steps} decode steps for 10 x 10 tokens: not batched"
 
 
 def test_bad_requests_get_openai_errors(client: openai.OpenAI) -> None:

@@ -9,11 +9,13 @@ or up to 4), seed (same seed, same prompt -> same text), stream with
 stream_options.include_usage, usage counts. n must be 1. Bad requests get OpenAI's error
 shape, `{"error": {"message", "type", "param", "code"}}`, with a 4xx status.
 
-Batching: one decode loop serves every request in flight. Each step runs one forward over
-all active sequences (left-padded, at most --max-batch-size of them) and samples one token
-for each; a request joins at the next step and leaves when done, so concurrent requests share
-every step. The context is recomputed each step (no KV cache): simple and exact, fine for the
-small models the bundled server is for; serve large models with `runtime: vllm`.
+Batching: one decode loop serves every request in flight (continuous batching). Each sequence
+keeps its own KV cache. Each step prefills the requests that just arrived, then runs one
+forward over the last token of every other active sequence (at most --max-batch-size, their
+caches left-padded to one length and the padding masked) and samples one token for each; a
+request joins at the next step and leaves when done, so concurrent requests share every step.
+The padded copy of the caches costs memory traffic each step: fine for the small models the
+bundled server is for; serve large models with `runtime: vllm` (paged attention).
 
 A sequence keeps the model it started on: a hot reload applies to requests that arrive after
 it (the decode loop groups sequences by model).
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import time
 import uuid
@@ -33,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F
 from aiohttp import web
 
 from trainforge_trainer import config as config_mod
@@ -197,6 +201,9 @@ def held_back(text: str, stops: tuple[str, ...]) -> int:
 # --- the decode loop ------------------------------------------------------------------------
 
 
+KeyValues = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: [1, heads, tokens, dim]
+
+
 @dataclass
 class _Sequence:
     served: ServedModel
@@ -210,6 +217,7 @@ class _Sequence:
     generated: list[int] = field(default_factory=list)
     sent: str = ""
     done: bool = False
+    cache: KeyValues | None = None  # keys and values of every token but the last
 
 
 def _sample(logits: torch.Tensor, s: Sampling, generator: torch.Generator) -> int:
@@ -226,16 +234,67 @@ def _sample(logits: torch.Tensor, s: Sampling, generator: torch.Generator) -> in
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-def _forward(served: ServedModel, rows: list[list[int]], pad: int) -> torch.Tensor:
-    """Last-position logits of each row (left-padded into one batch)."""
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=served.device)
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=served.device)
-    positions = (mask.cumsum(1) - 1).clamp(min=0)
+def _cache_argument(lm: Any) -> str:
+    # transformers 5.x renamed the forward's `past_key_values` to `cache`; accept both.
+    base = lm.get_base_model() if hasattr(lm, "get_base_model") else lm  # peft wraps it
+    params = inspect.signature(base.forward).parameters
+    return "past_key_values" if "past_key_values" in params else "cache"
+
+
+def _key_values(out: Any) -> KeyValues:
+    cache = getattr(out, "past_key_values", None) or out.cache
+    return [(layer.keys, layer.values) for layer in cache.layers]
+
+
+def _step(served: ServedModel, seqs: list[_Sequence]) -> torch.Tensor:
+    """The next-token logits of each sequence; updates their KV caches.
+
+    A sequence's cache holds every token but its last; a new one (no cache yet) is prefilled
+    alone, then all others decode together in one forward: their last tokens, with their
+    caches left-padded to one length and the padding masked out.
+    """
+    from transformers import DynamicCache
+
     lm: Any = served.module.lm  # a CausalLm (checked on arrival)
+    device = served.device
+    logits: list[torch.Tensor | None] = [None] * len(seqs)
     with torch.inference_mode():
-        out = lm(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False)
-    return out.logits[:, -1].float().cpu()
+        for i, s in enumerate(seqs):
+            if s.cache is None:
+                out = lm(input_ids=torch.tensor([s.ids], device=device), use_cache=True)
+                s.cache = _key_values(out)
+                logits[i] = out.logits[0, -1]
+        decode = [i for i, row in enumerate(logits) if row is None]
+        if decode:
+            group = [seqs[i] for i in decode]
+            caches = [s.cache for s in group if s.cache is not None]
+            lengths = [c[0][0].shape[2] for c in caches]
+            width = max(lengths)
+
+            def padded(layer: int, which: int) -> torch.Tensor:
+                return torch.cat(
+                    [
+                        F.pad(c[layer][which], (0, 0, width - n, 0))
+                        for c, n in zip(caches, lengths, strict=True)
+                    ]
+                )
+
+            data = [(padded(layer, 0), padded(layer, 1)) for layer in range(len(caches[0]))]
+            mask = torch.tensor([[0] * (width - n) + [1] * (n + 1) for n in lengths], device=device)
+            out = lm(
+                input_ids=torch.tensor([[s.ids[-1]] for s in group], device=device),
+                attention_mask=mask,
+                position_ids=torch.tensor([[n] for n in lengths], device=device),
+                use_cache=True,
+                **{_cache_argument(lm): DynamicCache(ddp_cache_data=data)},
+            )
+            updated = _key_values(out)
+            for j, (s, n) in enumerate(zip(group, lengths, strict=True)):
+                s.cache = [
+                    (k[j : j + 1, :, width - n :], v[j : j + 1, :, width - n :]) for k, v in updated
+                ]
+                logits[decode[j]] = out.logits[j, -1]
+    return torch.stack([row for row in logits if row is not None]).float().cpu()
 
 
 class Generator:
@@ -273,12 +332,8 @@ class Generator:
             # Oldest first, one model per forward (a reload may leave two in flight).
             batch = [s for s in self._active if s.served is self._active[0].served]
             batch = batch[: self.max_batch]
-            rows = [s.ids for s in batch]
-            pad = batch[0].tokenizer.pad_token_id or 0
             try:
-                logits = await loop.run_in_executor(
-                    self._executor, _forward, batch[0].served, rows, pad
-                )
+                logits = await loop.run_in_executor(self._executor, _step, batch[0].served, batch)
             except Exception as exc:  # a failed forward fails its requests, not the loop
                 logs.error("generate_failed", error=repr(exc))
                 for s in batch:
