@@ -4,7 +4,8 @@
 
 Builds `make demo`'s small Llama (about 3M parameters; random weights after one training
 step, so generations rarely stop early at EOS), commits a checkpoint with the real trainer,
-then serves it with the bundled server twice, measured in turn on 127.0.0.1:
+then serves it with the bundled server twice, both on 127.0.0.1, measured in turn for each
+concurrency:
 
   - decode batching on  (--max-batch-size 32: every active request shares each decode step)
   - decode batching off (--max-batch-size 1: one sequence per forward, requests take turns)
@@ -130,14 +131,18 @@ def main() -> int:
         return 1
 
     rows: dict[tuple[str, int], tuple[float, float]] = {}
-    for label, max_batch in (("batched (max batch 32)", 32), ("unbatched (max batch 1)", 1)):
-        server, url = start_server(checkpoints, max_batch)
-        try:
-            for n in CONCURRENCY:
+    labels = {"batched (max batch 32)": 32, "unbatched (max batch 1)": 1}
+    # Both servers up at once (an idle one costs nothing) and measured in turn for each
+    # concurrency, so a change in the machine's load hits both alike.
+    servers = {label: start_server(checkpoints, size) for label, size in labels.items()}
+    try:
+        for n in CONCURRENCY:
+            for label, (_, url) in servers.items():
                 rows[label, n] = asyncio.run(load(url, n, args.seconds, args.max_tokens))
                 tps, p50 = rows[label, n]
                 print(f"{label:26} concurrency {n:2}: {tps:8.1f} tokens/s  p50 {p50:.2f} s")
-        finally:
+    finally:
+        for server, _ in servers.values():
             server.terminate()
             server.wait(30)
 
