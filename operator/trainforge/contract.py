@@ -76,6 +76,8 @@ CHECKPOINT_STEP_PREFIX = "step-"
 CHECKPOINT_MANIFEST = "manifest.json"
 CHECKPOINT_LATEST = "latest"
 CHECKPOINT_TMP_PREFIX = ".tmp-"
+# causal-lm runs export the final model here (a Hugging Face directory) unless told otherwise.
+EXPORT_DIR_NAME = "hf"
 
 
 def checkpoint_dir_name(step: int) -> str:

@@ -144,18 +144,18 @@ def latest_committed(
     return None
 
 
-def resolve(location: str | Path) -> CommittedCheckpoint:
+def resolve(location: str | Path, field: str = "initFrom") -> CommittedCheckpoint:
     """A step directory, or the newest committed checkpoint of a checkpoint root (initFrom)."""
     path = Path(location)
     if (path / contract.CHECKPOINT_MANIFEST).is_file():
         try:
             return read_checkpoint(path)
         except InvalidCheckpoint as exc:
-            raise config_mod.ConfigError([f"initFrom: {exc} (got {str(path)!r})"]) from None
+            raise config_mod.ConfigError([f"{field}: {exc} (got {str(path)!r})"]) from None
     found = latest_committed(path)
     if found is None:
         raise config_mod.ConfigError(
-            [f"initFrom: no committed checkpoint at {str(path)!r}; give a step-XXXXXXXX directory"]
+            [f"{field}: no committed checkpoint at {str(path)!r}; give a step-XXXXXXXX directory"]
         )
     return found
 

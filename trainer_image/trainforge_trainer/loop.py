@@ -45,7 +45,14 @@ from trainforge_trainer import config as config_mod
 from trainforge_trainer.checkpoint import Checkpointer, CommittedCheckpoint, SaveTimes
 from trainforge_trainer.config import ConfigError, TrainerConfig
 from trainforge_trainer.data import DataPosition, TrainStream, eval_loader
-from trainforge_trainer.metrics import Progress, TrainerMetrics, serve, termination_message_path
+from trainforge_trainer.lm_data import IGNORE_INDEX
+from trainforge_trainer.metrics import (
+    Progress,
+    TrainerMetrics,
+    peak_flops,
+    serve,
+    termination_message_path,
+)
 from trainforge_trainer.recipes import Recipe, build_recipe
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -150,6 +157,8 @@ class Trainer:
         )
         self.step = 0
         self._val_step: int | None = None
+        self._last_committed: CommittedCheckpoint | None = None
+        self._peak_flops = peak_flops(torch.cuda.get_device_name(self.device)) if on_gpu else None
         self.samples_per_step = cfg.batchSize * cfg.gradAccumSteps * self.dist.world_size
 
         # Telemetry: metrics and /progress on rank 0; the termination message on every pod.
@@ -296,6 +305,7 @@ class Trainer:
 
     def _on_commit(self, committed: CommittedCheckpoint, times: SaveTimes | None) -> None:
         """After a save commits (times) or a resume from a committed checkpoint (None)."""
+        self._last_committed = committed
         if self.metrics is not None:
             self.metrics.last_committed_step.set(committed.step)
             if times is not None:
@@ -396,7 +406,8 @@ class Trainer:
             inputs, targets = inputs.to(self.device), targets.to(self.device)
             with self._autocast():
                 out = self.model(inputs)
-            n = targets.numel()
+            # Context tokens of an LM (target IGNORE_INDEX) are not predictions.
+            n = (targets != IGNORE_INDEX).sum()
             sums[0] += self.recipe.loss(out, targets).double() * n
             sums[1] += n
             if self.recipe.metric == "accuracy":
@@ -489,8 +500,28 @@ class Trainer:
         if self._val_step != self.step:  # unless the loop just did
             self.evaluate("val")
         self.evaluate("test")
+        self._export()
         logs.event("training_finished", step=self.step)
         return 0
+
+    def _export(self) -> None:
+        """causal-lm: the final checkpoint as a Hugging Face directory (rank 0 writes it)."""
+        cfg = self.cfg
+        if not isinstance(cfg, config_mod.CausalLmConfig) or self._last_committed is None:
+            return
+        error: str | None = None
+        if self.dist.is_main:
+            from trainforge_trainer import causal_lm
+
+            out = causal_lm.default_export_dir(cfg, self.checkpointer.directory)
+            try:
+                causal_lm.export(self._last_committed, out)
+            except Exception as exc:
+                error = repr(exc)
+        # Every rank waits for the export and fails with it: the pods end together.
+        error = self.dist.broadcast_object(error)
+        if error is not None:
+            raise RuntimeError(f"export of step {self.step} failed: {error}")
 
     def run(self) -> int:
         """Train to maxSteps (exit 0) or until SIGTERM (checkpoint, EXIT_PREEMPTED)."""
@@ -516,6 +547,11 @@ class Trainer:
         }
         if tokens:
             fields["tokensPerSecond"] = round(samples_s * tokens, 1)
+        mfu = None
+        if tokens and self.recipe.flops_per_token and self._peak_flops:
+            achieved = samples_s * tokens * self.recipe.flops_per_token
+            mfu = achieved / (self._peak_flops * self.dist.world_size)
+            fields["mfu"] = round(mfu, 4)
         logs.event("progress", **fields)
         self.progress.update(
             step=self.step, loss=fields["loss"], samplesPerSecond=fields["samplesPerSecond"]
@@ -526,6 +562,8 @@ class Trainer:
             self.metrics.samples_per_second.set(samples_s)
             if tokens:
                 self.metrics.tokens_per_second.set(samples_s * tokens)
+            if mfu is not None:
+                self.metrics.mfu.set(mfu)
 
     def close(self) -> None:
         try:

@@ -10,6 +10,8 @@ Routes (model routes also under /v2/models/{name}/versions/{version}/...):
     GET  /v2/models/{name}/ready  as /v2/health/ready, for this model
     POST /v2/models/{name}/infer  inference
     GET  /metrics                 Prometheus text
+    /v1/models, /v1/completions, /v1/chat/completions   OpenAI-compatible, for causal-lm
+                                  checkpoints (openai_api.py)
 
 Every error is JSON `{"error": "..."}` (the HTTP parser's own errors too): 4xx for the
 client's mistakes, 503 while not ready. Inference speaks JSON and the binary tensor data
@@ -40,6 +42,7 @@ from trainforge_trainer.serve import protocol
 from trainforge_trainer.serve.batcher import DynamicBatcher
 from trainforge_trainer.serve.metrics import ServeMetrics
 from trainforge_trainer.serve.model_store import LOAD_ERRORS, ModelStore, ServedModel, describe
+from trainforge_trainer.serve.openai_api import OpenAiRoutes
 from trainforge_trainer.serve.settings import ServeSettings
 
 # In-flight requests get this long to finish once the server stops listening.
@@ -121,6 +124,7 @@ class InferenceServer:
             observe=self._on_batch,
             thread_setup=self._limit_torch_threads,
         )
+        self.openai = OpenAiRoutes(self)
         self.draining = False
         self.in_flight = 0
         self.metrics.in_flight.set_function(lambda: self.in_flight)
@@ -180,6 +184,7 @@ class InferenceServer:
                 await asyncio.sleep(0.02)
             await self._runner.cleanup()
         await self.batcher.stop()
+        await self.openai.generator.stop()
         logs.event("stopped")
 
     async def _watch(self) -> None:
@@ -254,6 +259,7 @@ class InferenceServer:
             app.router.add_get(prefix, self._model_metadata)
             app.router.add_get(prefix + "/ready", self._model_ready)
             app.router.add_post(prefix + "/infer", self._infer)
+        self.openai.add_to(app)
         return app
 
     @web.middleware
