@@ -71,7 +71,33 @@ def test_batch_size_one_turns_merging_off() -> None:
     assert run.batches == [1, 1, 1, 1, 1]
 
 
-def test_a_model_error_fails_every_request_of_that_batch() -> None:
+def test_a_model_error_fails_only_the_request_the_model_refuses() -> None:
+    class RefusesNegative(Recorder):
+        def __call__(self, merged: np.ndarray) -> tuple[np.ndarray, Any]:
+            self.batches.append(merged.shape[0])
+            if (merged < 0).any():
+                raise ValueError("negative input")
+            return merged * 2, "tag"
+
+    run = RefusesNegative()
+
+    async def scenario() -> list[Any]:
+        batcher = DynamicBatcher(run, 8, 0.01)
+        batcher.start()
+        try:
+            subs = [batcher.submit(rows(1, v)) for v in (1, -1, 3)]
+            return await asyncio.gather(*subs, return_exceptions=True)
+        finally:
+            await batcher.stop()
+
+    first, second, third = asyncio.run(scenario())
+    assert run.batches == [3, 1, 1, 1]  # the batch failed, then each request alone
+    np.testing.assert_array_equal(first[0], rows(1, 2))
+    assert isinstance(second, ValueError) and str(second) == "negative input"
+    np.testing.assert_array_equal(third[0], rows(1, 6))
+
+
+def test_a_failing_model_fails_each_request_with_its_error() -> None:
     async def scenario() -> list[Any]:
         batcher = DynamicBatcher(Recorder(fail=True), 8, 0.01)
         batcher.start()
@@ -118,3 +144,27 @@ def test_every_request_is_answered_exactly_once(max_batch_size: int) -> None:
     assert sum(run.batches) == sum(a.shape[0] for a in arrays)
     for array, (out, _) in zip(arrays, results, strict=True):
         np.testing.assert_array_equal(out, array * 2)
+
+
+def test_a_stalled_upload_does_not_hold_later_batches() -> None:
+    async def scenario() -> tuple[float, float]:
+        batcher = DynamicBatcher(Recorder(), 8, 0.3)
+        batcher.start()
+        try:
+            with batcher.arriving():  # a body that never finishes arriving
+                await asyncio.sleep(0.35)  # ... for longer than the batch delay
+                started = time.perf_counter()
+                await batcher.submit(rows(1, 1))
+                alone = time.perf_counter() - started
+                # A body that started arriving just now is still worth waiting for.
+                with batcher.arriving():
+                    started = time.perf_counter()
+                    await batcher.submit(rows(1, 1))
+                    waited = time.perf_counter() - started
+            return alone, waited
+        finally:
+            await batcher.stop()
+
+    alone, waited = asyncio.run(scenario())
+    assert alone < 0.1
+    assert 0.25 <= waited < 1.5

@@ -53,10 +53,23 @@ def test_nested_row_major_data_is_accepted_like_flattened_data() -> None:
         (body(shape=[2, 2]), "inputs[0].data: shape [2, 2] needs 4 values, got 2"),
         (body(data=["a", "b"]), "inputs[0].data: FP32 data must be numbers"),
         (body(data=[None, 1]), "inputs[0].data: FP32 data must be numbers"),
-        (body(data=[[1], [2, 3]]), "inputs[0].data: shape [1, 2] needs 2 values, got 3"),
+        (body(data=[[1], [2, 3]]), "inputs[0].data: ragged nesting"),
         (body(data=1.0), "inputs[0].data: must be a list"),
-        (body(data=[1, [2]]), "inputs[0].data: must be numbers"),
-        (body(parameters={"binary_data_size": 8}), "binary tensor data is not supported"),
+        (body(data=[1, [2]]), "inputs[0].data: mixes numbers and lists"),
+        (
+            body(parameters={"binary_data_size": 8}),
+            "binary tensor data needs the Inference-Header-Content-Length header",
+        ),
+        # Ragged rows that happen to hold the right number of values.
+        (body(shape=[2, 2], data=[[1], [2, 3, 4]]), "inputs[0].data: ragged nesting"),
+        (body(shape=[2, 2], data=[[1, 2], 3, 4]), "inputs[0].data: ragged nesting"),
+        (body(data=[[[1], [2]]]), "inputs[0].data: nested deeper than the 2 dimensions"),
+        # JSON booleans are not numbers (numpy would take them for 1 and 0).
+        (body(data=[True, False]), "inputs[0].data: FP32 data must be numbers, not true/false"),
+        (body(data=[1.5, True]), "inputs[0].data: FP32 data must be numbers, not true/false"),
+        # Finite as a float64, Infinity as FP32.
+        (body(data=[1e39, 1.0]), "inputs[0].data: values must be finite FP32 numbers"),
+        (body(data=[-3.5e38, 1.0]), "inputs[0].data: values must be finite FP32 numbers"),
         ({"id": 7, **body()}, "id: must be a string"),
         ({**body(), "outputs": [{"name": "probs"}]}, "outputs[0].name: unknown output 'probs'"),
     ],
@@ -90,6 +103,8 @@ def test_gpt_tokens_of_any_length_up_to_the_context_are_accepted() -> None:
         ([1, 2], [1, 10], "values must be in [0, 9]"),
         ([1, 2], [-1, 0], "values must be in [0, 9]"),
         ([1, 2], [1.5, 2], "INT64 data must be integers"),
+        ([1, 2], [True, 2], "INT64 data must be numbers, not true/false"),
+        ([1, 2], [[1], [2]], "ragged nesting"),
     ],
 )
 def test_gpt_token_ids_and_lengths_outside_the_model_are_400(
@@ -110,7 +125,8 @@ def test_signature_of_the_mlp_recipe_comes_from_its_config() -> None:
 
 def test_response_has_the_oip_output_tensor_and_echoes_the_id() -> None:
     out = np.arange(6, dtype=np.float32).reshape(2, 3)
-    resp = infer_response("m", "4", "abc", MLP.output, out)
+    resp, binary = infer_response("m", "4", "abc", MLP.output, out)
+    assert binary is None
     assert resp == {
         "model_name": "m",
         "model_version": "4",
@@ -127,3 +143,52 @@ def test_split_rows_returns_each_requests_rows_in_order() -> None:
     assert [p.tolist() for p in parts] == [[[0, 1]], [[2, 3], [4, 5], [6, 7]], [[8, 9], [10, 11]]]
     with pytest.raises(ValueError, match="5 rows for a batch of 6"):
         split_rows(merged[:5], [1, 3, 2])
+
+
+def test_a_non_finite_output_is_a_clear_error_in_json_and_exact_in_binary() -> None:
+    out = np.array([[1.0, np.nan, np.inf]], dtype=np.float32)
+    with pytest.raises(ProtocolError) as err:
+        infer_response("m", "4", None, MLP.output, out)
+    assert err.value.status == 500
+    assert "2 non-finite values (NaN or Infinity), which JSON cannot carry" in err.value.message
+    resp, binary = infer_response("m", "4", None, MLP.output, out, binary=True)
+    assert resp["outputs"][0]["parameters"] == {"binary_data_size": 12}
+    assert "data" not in resp["outputs"][0]
+    assert binary is not None
+    np.testing.assert_array_equal(np.frombuffer(binary, "<f4").reshape(1, 3), out)
+
+
+def test_binary_input_is_read_little_endian_and_validated_like_json() -> None:
+    x = np.array([[0.5, -2.0], [3.0, 4.0]], dtype="<f4")
+    tensor = {"name": "input", "shape": [2, 2], "datatype": "FP32"}
+    req = parse_infer_request(
+        {
+            "inputs": [tensor | {"parameters": {"binary_data_size": 16}}],
+            "outputs": [{"name": "logits", "parameters": {"binary_data": True}}],
+        },
+        MLP,
+        x.tobytes(),
+    )
+    np.testing.assert_array_equal(req.array, x)
+    assert req.binary_output
+    assert (
+        parse_infer_request(
+            {"inputs": [tensor | {"parameters": {"binary_data_size": 16}}]}, MLP, x.tobytes()
+        ).binary_output
+        is False
+    )
+    bad = [
+        ({"binary_data_size": 12}, x.tobytes(), "needs 16 bytes (got 12)"),
+        ({"binary_data_size": 16}, x.tobytes()[:12], "binary part of the body has 12 bytes"),
+        (
+            {"binary_data_size": 16},
+            np.array([[1, np.inf], [1, 1]], dtype="<f4").tobytes(),
+            "values must be finite FP32 numbers",
+        ),
+    ]
+    for params, data, message in bad:
+        with pytest.raises(ProtocolError) as err:
+            parse_infer_request({"inputs": [tensor | {"parameters": params}]}, MLP, data)
+        assert err.value.status == 400 and message in err.value.message
+    with pytest.raises(ProtocolError, match=r"no input has parameters\.binary_data_size"):
+        parse_infer_request(body(), MLP, b"\0" * 8)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from trainer_harness import Launcher
@@ -153,3 +154,87 @@ def test_errors_found_while_starting_are_config_errors(
     assert len(errors) == 1 and expected in errors[0], log
     assert "Traceback" not in log
     assert expected in json.loads(job.termination[0].read_text())[contract.PROGRESS_ERROR_KEY]
+
+
+def test_a_config_file_may_wrap_the_settings_as_in_the_trainingjob(tmp_path: Path) -> None:
+    wrapped = tmp_path / "wrapped.yaml"
+    wrapped.write_text("trainer:\n  recipe: gpt\n  maxSteps: 7\n")
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(
+        "apiVersion: trainforge.io/v1alpha1\nkind: TrainingJob\nmetadata: {name: x}\n"
+        "spec:\n  workers: 1\n  trainer:\n    recipe: gpt\n    maxSteps: 7\n"
+    )
+    for f in (wrapped, manifest):
+        cfg = load(str(f), {})
+        assert isinstance(cfg, GptConfig) and cfg.maxSteps == 7, f.name
+    # Next to other keys, `trainer` is what it always was: an unknown field.
+    mixed = tmp_path / "mixed.yaml"
+    mixed.write_text("maxSteps: 7\ntrainer: {recipe: gpt}\n")
+    with pytest.raises(ConfigError, match="trainer: unknown field"):
+        load(str(mixed), {})
+
+
+def test_a_syntax_error_in_the_users_module_is_a_config_error(tmp_path: Path) -> None:
+    (tmp_path / "broken_hook.py").write_text("def build(config):\n    return (\n")
+    term = tmp_path / "termination-log"
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]),
+        contract.ENV_TERMINATION_MESSAGE_PATH: str(term),
+        contract.ENV_CHECKPOINT_DIR: str(tmp_path / "ckpt"),
+    }
+    env.pop(contract.ENV_CONFIG, None)
+    result = subprocess.run(
+        [sys.executable, "-m", "trainforge_trainer", "train", "--entrypoint", "broken_hook:build"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == contract.EXIT_CONFIG_ERROR, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    want = "cannot import 'broken_hook': SyntaxError: '(' was never closed"
+    assert want in result.stderr and "broken_hook.py, line 2" in result.stderr
+    assert want in json.loads(term.read_text())[contract.PROGRESS_ERROR_KEY]
+
+
+def test_init_from_a_checkpoint_of_another_architecture_is_a_config_error(
+    trainers: Launcher, tmp_path: Path
+) -> None:
+    small = {
+        "recipe": "mlp",
+        "maxSteps": 1,
+        "batchSize": 8,
+        "model": {"inputDim": 8, "hiddenDim": 16, "numClasses": 3},
+        "data": {"samples": 32},
+    }
+    trainers.run(small, tmp_path / "base")
+    other = {**small, "model": {"inputDim": 4, "hiddenDim": 16, "numClasses": 3}}
+    job = trainers.launch({**other, "initFrom": str(tmp_path / "base")}, tmp_path / "tuned")
+    assert job.wait(60) == [contract.EXIT_CONFIG_ERROR]
+    log = job.logs[0].read_text()
+    assert "Traceback" not in log
+    errors = [line for line in log.splitlines() if "config error" in line]
+    assert len(errors) == 1, log
+    assert "initFrom:" in errors[0] and "holds a different model" in errors[0]
+    assert "shape [16, 8] in the checkpoint, [16, 4] here" in errors[0]
+    assert '"inputDim": 8' in errors[0]
+    record = json.loads(job.termination[0].read_text())
+    assert "holds a different model" in record[contract.PROGRESS_ERROR_KEY]
+
+
+def test_a_diverged_loss_never_makes_invalid_json(trainers: Launcher) -> None:
+    config = {"entrypoint": "diverging_model:build", "maxSteps": 2, "batchSize": 8}
+    job = trainers.launch({**config, "logEverySteps": 1})
+    progress = job.wait_event("progress", where=lambda e: e["step"] == 2)
+    assert job.wait(60) == [0]
+
+    def strict(text: str) -> Any:
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"bare {c} in {text}"))
+
+    assert progress["loss"] == "NaN"  # the log says what happened, as valid JSON
+    for line in job.logs[0].read_text().splitlines():
+        if line.startswith("{"):
+            strict(line)
+    record = strict(job.termination[0].read_text())
+    assert record["step"] == 2 and record["loss"] is None

@@ -160,6 +160,34 @@ def resolve(location: str | Path) -> CommittedCheckpoint:
     return found
 
 
+def architecture_mismatch(
+    checkpoint: CommittedCheckpoint, model_state: dict[str, Any]
+) -> str | None:
+    """What differs between the checkpoint's model and `model_state` (None: they fit).
+
+    Read from the checkpoint's metadata, before any load: loading into a different network
+    fails deep inside DCP, and the same way on every restart.
+    """
+    metadata = dcp.FileSystemReader(checkpoint.path).read_metadata().state_dict_metadata
+    saved = {
+        key.removeprefix("model."): tuple(meta.size)
+        for key, meta in metadata.items()
+        if key.startswith("model.") and hasattr(meta, "size")
+    }
+    ours = {k: tuple(v.shape) for k, v in model_state.items() if isinstance(v, torch.Tensor)}
+    problems = [f"{k}: this model has none" for k in sorted(saved.keys() - ours.keys())]
+    problems += [f"{k}: the checkpoint has none" for k in sorted(ours.keys() - saved.keys())]
+    problems += [
+        f"{k}: shape {list(saved[k])} in the checkpoint, {list(ours[k])} here"
+        for k in sorted(saved.keys() & ours.keys())
+        if saved[k] != ours[k]
+    ]
+    if not problems:
+        return None
+    more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+    return "; ".join(problems[:3]) + more
+
+
 def load_model_weights(
     checkpoint: CommittedCheckpoint, model_state: dict[str, Any], group: Any = None
 ) -> None:

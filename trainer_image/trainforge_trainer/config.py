@@ -249,6 +249,8 @@ def parse(raw: Any) -> TrainerConfig:
 def load(path: str | None, env: Mapping[str, str], entrypoint: str | None = None) -> TrainerConfig:
     """The config from `path` if given, else from TRAINFORGE_CONFIG, else all defaults.
 
+    The settings may sit under a `trainer:` key or in a TrainingJob manifest (see _unwrap).
+
     `entrypoint` (the --entrypoint flag) overrides the config's recipe.
     """
     raw: Any
@@ -269,6 +271,7 @@ def load(path: str | None, env: Mapping[str, str], entrypoint: str | None = None
             ) from None
     else:
         raw = {}
+    raw = _unwrap(raw)
     if entrypoint is not None:
         if not isinstance(raw, Mapping):
             return parse(raw)
@@ -278,6 +281,20 @@ def load(path: str | None, env: Mapping[str, str], entrypoint: str | None = None
             )
         raw = {k: v for k, v in raw.items() if k != "recipe"} | {"entrypoint": entrypoint}
     return parse(raw)
+
+
+def _unwrap(raw: Any) -> Any:
+    """The trainer settings of a file that holds more around them: a mapping whose only key
+    is `trainer:` (the block as it sits in a TrainingJob's spec), or a whole TrainingJob
+    manifest (its spec.trainer). "trainer" is no field of the config, so this is unambiguous.
+    """
+    if not isinstance(raw, Mapping):
+        return raw
+    if raw.get("kind") == "TrainingJob" and isinstance(raw.get("spec"), Mapping):
+        return raw["spec"].get("trainer") or {}
+    if set(raw) == {"trainer"}:
+        return raw["trainer"] or {}
+    return raw
 
 
 def dump(config: TrainerConfig) -> dict[str, Any]:

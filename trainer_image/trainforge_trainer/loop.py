@@ -271,16 +271,25 @@ class Trainer:
     def _init_from(self, location: str) -> None:
         found: CommittedCheckpoint | None = None
         error: list[str] | None = None
+        model_state = get_model_state_dict(self.model)
         if self.dist.is_main:
             try:
                 found = checkpoint.resolve(location)
+                mismatch = checkpoint.architecture_mismatch(found, model_state)
+                if mismatch is not None:
+                    saved = found.manifest["config"]
+                    trained = {k: saved[k] for k in ("recipe", "entrypoint", "model") if k in saved}
+                    error = [
+                        f"initFrom: {str(found.path)!r} holds a different model ({mismatch}); "
+                        f"it was trained with {json.dumps(trained)}: give the same model "
+                        "settings, or a checkpoint of this model"
+                    ]
             except ConfigError as exc:
                 error = exc.lines
         found, error = self.dist.broadcast_object((found, error))
         if error:
             raise ConfigError(error)
         assert found is not None
-        model_state = get_model_state_dict(self.model)
         checkpoint.load_model_weights(found, model_state, self.dist.checkpoint_group)
         set_model_state_dict(self.model, model_state)
         logs.event("initialized_from", path=str(found.path), step=found.step)

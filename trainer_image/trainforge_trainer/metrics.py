@@ -29,10 +29,12 @@ from prometheus_client import (
 )
 
 from trainforge import contract
+from trainforge_trainer.logs import json_safe
 
 _STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _CKPT_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800)
 
+_TERMINATION_MESSAGE_LIMIT = 4096
 # The WSGI app's signature, spelt out because wsgiref's types are only in typeshed.
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
@@ -132,10 +134,23 @@ def termination_message_path(env: Mapping[str, str]) -> Path | None:
     return path if path.is_file() else None
 
 
+def record_json(record: Mapping[str, Any]) -> str:
+    """The progress record as strict JSON: a diverged (non-finite) loss is written as null,
+    which the operator's status schema accepts; bare NaN would make its status patch fail."""
+    return json.dumps(json_safe(record), separators=(",", ":"), allow_nan=False)
+
+
 def write_termination_message(path: Path, record: Mapping[str, Any]) -> None:
-    # The kubelet keeps at most 4096 bytes; the record is far below that.
+    text = record_json(record)
+    # The kubelet keeps at most 4096 bytes, and cut JSON is no JSON: shorten the one field
+    # that can be long (a config error's lines) instead. ASCII only, so chars are bytes.
+    over = len(text) - _TERMINATION_MESSAGE_LIMIT
+    if over > 0 and isinstance(record.get(contract.PROGRESS_ERROR_KEY), str):
+        error = record[contract.PROGRESS_ERROR_KEY]
+        cut = error[: max(0, len(error) - over - 3)] + "..."
+        text = record_json({**record, contract.PROGRESS_ERROR_KEY: cut})
     with open(path, "w") as f:
-        f.write(json.dumps(record, separators=(",", ":"))[:4096])
+        f.write(text)
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
@@ -154,7 +169,7 @@ def serve(port: int, metrics: TrainerMetrics, progress: Progress) -> WSGIServer:
 
     def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == "/progress":
-            body = json.dumps(progress.snapshot()).encode()
+            body = record_json(progress.snapshot()).encode()
             start_response("200 OK", [("Content-Type", "application/json")])
             return [body]
         return metrics_app(environ, start_response)

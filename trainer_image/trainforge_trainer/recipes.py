@@ -204,6 +204,11 @@ def _call_entrypoint(config: EntrypointConfig) -> Recipe:
         fn = getattr(importlib.import_module(module_name), attr)
     except ImportError as exc:
         raise ConfigError([f"{where}: cannot import {module_name!r} ({exc})"]) from None
+    except SyntaxError as exc:  # the user's code: every restart would fail the same way
+        at = f"{exc.filename}, line {exc.lineno}"
+        raise ConfigError(
+            [f"{where}: cannot import {module_name!r}: {type(exc).__name__}: {exc.msg} ({at})"]
+        ) from None
     except AttributeError:
         raise ConfigError([f"{where}: module {module_name!r} has no {attr!r}"]) from None
     result = fn(config)

@@ -2,7 +2,8 @@
 
 Routes (model routes also under /v2/models/{name}/versions/{version}/...):
 
-    GET  /v2/health/live          200 while the process serves HTTP
+    GET  /v2/health/live          200 while the process serves HTTP and its checkpoint
+                                  watcher runs; 503 once the watcher has died (restart me)
     GET  /v2/health/ready         200 once a checkpoint is loaded; 503 before and when draining
     GET  /v2                      server metadata
     GET  /v2/models/{name}        model metadata (served step in versions and parameters)
@@ -10,29 +11,35 @@ Routes (model routes also under /v2/models/{name}/versions/{version}/...):
     POST /v2/models/{name}/infer  inference
     GET  /metrics                 Prometheus text
 
-Every error is JSON `{"error": "..."}`: 4xx for the client's mistakes, 503 while not ready.
+Every error is JSON `{"error": "..."}` (the HTTP parser's own errors too): 4xx for the
+client's mistakes, 503 while not ready. Inference speaks JSON and the binary tensor data
+extension (Inference-Header-Content-Length), as the Triton and KServe clients send it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from importlib import metadata
 from typing import Any
 
 import numpy as np
 import torch
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
 
 from trainforge import contract
 from trainforge_trainer import logs
 from trainforge_trainer.serve import protocol
 from trainforge_trainer.serve.batcher import DynamicBatcher
 from trainforge_trainer.serve.metrics import ServeMetrics
-from trainforge_trainer.serve.model_store import ModelStore, ServedModel, describe
+from trainforge_trainer.serve.model_store import LOAD_ERRORS, ModelStore, ServedModel, describe
 from trainforge_trainer.serve.settings import ServeSettings
 
 # In-flight requests get this long to finish once the server stops listening.
@@ -40,11 +47,47 @@ SHUTDOWN_TIMEOUT_SECONDS = 20.0
 # Before the first checkpoint is loaded, look for one this often (whatever the reload interval).
 FIRST_LOAD_POLL_SECONDS = 1.0
 
+# The binary tensor data extension: the length of the JSON part that starts the body.
+HEADER_LENGTH = "Inference-Header-Content-Length"
+# No NaN/Infinity on the wire: they are not JSON, and clients' parsers refuse them.
+_dumps = functools.partial(json.dumps, allow_nan=False)
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+class _JsonErrorHandler(RequestHandler):
+    """aiohttp's connection handler, answering its parser's errors (a header too large, a
+    bad Content-Length, ...) in the server's JSON error format instead of plain text."""
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)  # logs; refuses if already sent
+        text = message if status != 500 and message else HTTPStatus(status).phrase
+        reply = _error(status, f"bad HTTP request: {text}" if status < 500 else text)
+        reply.force_close()
+        return reply
+
+
+class _JsonErrorServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _JsonErrorHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        # aiohttp has no hook for the parser's error replies: swap in the handler class.
+        server.__class__ = _JsonErrorServer
+        return server
 
 
 def _server_version() -> str:
@@ -89,15 +132,21 @@ class InferenceServer:
 
     async def start(self) -> int:
         """Listen (live at once, ready after the first load); return the bound port."""
-        self._runner = web.AppRunner(
-            self.make_app(), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS
-        )
+        # In-flight requests were awaited by shutdown() already (a body gets at most the
+        # body timeout): what aiohttp's cleanup still finds is idle keep-alive connections.
+        self._runner = _Runner(self.make_app(), access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.host, self.settings.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError:
+            await self._runner.cleanup()
+            raise
         self.port = int(self._runner.addresses[0][1])
         self.batcher.start()
         self._watcher = asyncio.get_running_loop().create_task(self._watch(), name="reload")
+        self._watcher.add_done_callback(self._on_watcher_done)
+        self.metrics.watcher_up.set(1)
         logs.event(
             "serving",
             host=self.settings.host,
@@ -119,7 +168,7 @@ class InferenceServer:
         await asyncio.sleep(drain_seconds)
         if self._watcher is not None:
             self._watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
+            with contextlib.suppress(asyncio.CancelledError, *LOAD_ERRORS):
                 await self._watcher
         if self._runner is not None:
             for site in self._runner.sites:
@@ -138,7 +187,7 @@ class InferenceServer:
         while True:
             try:
                 await asyncio.to_thread(self.store.check)
-            except Exception as exc:  # an unreadable volume must not stop future polls
+            except LOAD_ERRORS as exc:  # an unreadable volume must not stop future polls
                 logs.error("checkpoint_poll_failed", error=repr(exc))
             if self.store.current is None:
                 await asyncio.sleep(FIRST_LOAD_POLL_SECONDS)
@@ -147,7 +196,21 @@ class InferenceServer:
             else:
                 await asyncio.sleep(interval)
 
+    def _watcher_failure(self) -> str | None:
+        """Why the checkpoint watcher stopped, if it died (a bug): the liveness probe says so."""
+        watcher = self._watcher
+        if watcher is None or not watcher.done() or watcher.cancelled():
+            return None
+        exc = watcher.exception()
+        return None if exc is None else f"the checkpoint watcher stopped: {exc!r}"
+
     # --- callbacks ------------------------------------------------------------------------
+
+    def _on_watcher_done(self, watcher: asyncio.Task[None]) -> None:
+        failure = self._watcher_failure()
+        if failure is not None:
+            self.metrics.watcher_up.set(0)
+            logs.error("reload_watcher_stopped", error=failure)
 
     def _on_loaded(self, served: ServedModel, seconds: float) -> None:
         self.metrics.reloads.labels("loaded").inc()
@@ -201,6 +264,8 @@ class InferenceServer:
             response = await handler(request)
         except protocol.ProtocolError as exc:
             response = _error(exc.status, exc.message)
+            if exc.status == 408:
+                response.force_close()  # the rest of a late body must not read as a request
         except web.HTTPException as exc:  # aiohttp's own: no route (404), wrong method (405)
             response = _error(exc.status, f"{exc.reason}: {request.method} {request.path}")
         except Exception as exc:
@@ -239,6 +304,10 @@ class InferenceServer:
         return served
 
     async def _live(self, _request: web.Request) -> web.Response:
+        failure = self._watcher_failure()
+        if failure is not None:
+            # Never reloading again would go unnoticed: let the kubelet restart the server.
+            return web.json_response({"live": False, "error": failure}, status=503)
         return web.json_response({"live": True})
 
     async def _ready(self, _request: web.Request) -> web.Response:
@@ -249,7 +318,11 @@ class InferenceServer:
 
     async def _server_metadata(self, _request: web.Request) -> web.Response:
         return web.json_response(
-            {"name": "trainforge", "version": _server_version(), "extensions": []}
+            {
+                "name": "trainforge",
+                "version": _server_version(),
+                "extensions": ["binary_tensor_data"],
+            }
         )
 
     async def _metrics(self, _request: web.Request) -> web.Response:
@@ -283,34 +356,75 @@ class InferenceServer:
         try:
             served = self._model(request)
             with self.batcher.arriving():
-                body = await self._read_json(request)
-                parsed = protocol.parse_infer_request(body, served.signature)
+                raw = await self._read_body(request)
+            body, binary = self._split_body(request, raw)
+            parsed = protocol.parse_infer_request(body, served.signature, binary)
             output, answered_by = await self.batcher.submit(parsed.array)
-            response = protocol.infer_response(
+            response, data = protocol.infer_response(
                 self.settings.model_name,
                 str(answered_by.step),
                 parsed.id,
                 answered_by.signature.output,
                 output,
+                parsed.binary_output,
             )
             self.metrics.request_seconds.observe(time.perf_counter() - started)
-            reply = web.json_response(response)
+            reply = _encode(response, data)
             if self.draining:
                 reply.force_close()  # the client reconnects, to a replica that stays
             return reply
         finally:
             self.in_flight -= 1
 
-    async def _read_json(self, request: web.Request) -> Any:
+    async def _read_body(self, request: web.Request) -> bytes:
+        timeout = self.settings.body_timeout_seconds
         try:
-            raw = await request.read()
+            return await asyncio.wait_for(request.read(), timeout)
         except web.HTTPRequestEntityTooLarge:
             raise protocol.ProtocolError(
                 f"request body too large: the limit is {self.settings.max_request_bytes} bytes "
                 "(--max-request-bytes); send fewer rows per request",
                 413,
             ) from None
+        except TimeoutError:
+            raise protocol.ProtocolError(
+                f"request body not received within {timeout:g} s (--body-timeout-seconds)",
+                408,
+            ) from None
+
+    @staticmethod
+    def _split_body(request: web.Request, raw: bytes) -> tuple[Any, bytes | None]:
+        """The JSON part, decoded, and the binary part (None without the extension)."""
+        binary: bytes | None = None
+        header_length = request.headers.get(HEADER_LENGTH)
+        if header_length is not None:
+            valid = header_length.isascii() and header_length.isdigit()
+            if not valid or int(header_length) > len(raw):
+                raise protocol.ProtocolError(
+                    f"{HEADER_LENGTH}: must be the byte length of the JSON part of the body, "
+                    f"at most {len(raw)} (got {header_length[:40]!r})"
+                )
+            raw, binary = raw[: int(header_length)], raw[int(header_length) :]
         try:
-            return json.loads(raw)
+            return json.loads(raw), binary
+        except RecursionError:
+            raise protocol.ProtocolError("malformed JSON: nested too deeply") from None
         except (UnicodeDecodeError, ValueError) as exc:
-            raise protocol.ProtocolError(f"malformed JSON: {exc}") from None
+            hint = (
+                f"; binary tensor data needs the {HEADER_LENGTH} header"
+                if binary is None and b"binary_data" in raw[:65536]
+                else ""
+            )
+            raise protocol.ProtocolError(f"malformed JSON: {exc}{hint}") from None
+
+
+def _encode(response: dict[str, Any], data: bytes | None) -> web.Response:
+    """The JSON response, or with binary output its JSON part followed by the bytes."""
+    if data is None:
+        return web.json_response(response, dumps=_dumps)
+    header = _dumps(response).encode()
+    return web.Response(
+        body=header + data,
+        content_type="application/octet-stream",
+        headers={HEADER_LENGTH: str(len(header))},
+    )

@@ -3,15 +3,22 @@
 Requests queue on the event loop. One collector takes the oldest request and waits, at most
 `max_delay` after that request arrived, for more with the same trailing shape until the batch
 holds `max_batch_size` rows; it stops waiting early when no other request is being received
-(waiting could only add latency then). The merged batch runs on a single inference thread,
-so the event loop keeps parsing and answering while the model computes, and whatever queued
-meanwhile forms the next batch. A request with more rows than `max_batch_size` runs alone.
+(waiting could only add latency then). A request counts as being received only for
+`max_delay` after its body started arriving: a slow or stalled upload could not join the
+batch in time anyway, and must not make every batch wait its full delay. The merged batch
+runs on a single inference thread, so the event loop keeps parsing and answering while the
+model computes, and whatever queued meanwhile forms the next batch. A request with more
+rows than `max_batch_size` runs alone.
+
+When a merged batch fails, its requests run again one by one: a request the model refuses
+(a wrong input shape for a user's model) fails alone, never the others that shared its batch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -51,7 +58,9 @@ class DynamicBatcher:
         self.max_delay = max_delay_seconds
         self._observe = observe
         self._pending: deque[_Pending] = deque()
-        self._arriving = 0
+        # Requests whose body is being read: token -> loop time their reading started.
+        self._arriving: dict[int, float] = {}
+        self._tokens = itertools.count()
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(
             1, thread_name_prefix="inference", initializer=thread_setup
@@ -75,11 +84,12 @@ class DynamicBatcher:
     @contextlib.contextmanager
     def arriving(self) -> Iterator[None]:
         """Wrap the reading of a request that will be submitted: the collector waits for it."""
-        self._arriving += 1
+        token = next(self._tokens)
+        self._arriving[token] = asyncio.get_running_loop().time()
         try:
             yield
         finally:
-            self._arriving -= 1
+            del self._arriving[token]
             self._wake.set()
 
     async def submit(self, array: np.ndarray) -> tuple[np.ndarray, Any]:
@@ -101,8 +111,12 @@ class DynamicBatcher:
                 await self._wake.wait()
             first = self._pending[0]
             deadline = first.enqueued + self.max_delay
-            while self._arriving and self._ready_rows(first.key) < self.max_batch_size:
-                remaining = deadline - loop.time()
+            while self._ready_rows(first.key) < self.max_batch_size:
+                now = loop.time()
+                fresh = [t for t in self._arriving.values() if now - t < self.max_delay]
+                # Wait until the deadline, or until the last fresh arrival turns slow.
+                remaining = min(deadline, max(fresh, default=now - self.max_delay) + self.max_delay)
+                remaining -= now
                 if remaining <= 0:
                     break
                 self._wake.clear()
@@ -134,6 +148,12 @@ class DynamicBatcher:
             output, tag = await loop.run_in_executor(self._executor, self._run, merged)
             parts = split_rows(output, rows)
         except Exception as exc:
+            if len(batch) > 1:
+                # Which request the model refused is unknown: each runs alone, so only the
+                # ones that fail by themselves get an error.
+                for p in batch:
+                    await self._execute([p], loop)
+                return
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(exc)

@@ -39,7 +39,16 @@ async def _serve(settings: ServeSettings) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     server = InferenceServer(settings)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as exc:  # a busy port, an address not on this host, a name that won't resolve
+        # asyncio words it "error while attempting to bind on address (...): <reason>".
+        reason = exc.strerror.rsplit(": ", 1)[-1] if exc.strerror else str(exc)
+        message = f"--host/--port: cannot listen on {settings.host}:{settings.port}: {reason}"
+        print(f"trainforge serve: {message}", file=sys.stderr)
+        logs.error("config_error", errors=[message])
+        await server.batcher.stop()
+        return contract.EXIT_CONFIG_ERROR
     received = await stopping
     logs.event("signal", signal=received.name)
     # SIGTERM comes from Kubernetes: wait for endpoints to drop the pod. Ctrl-C: stop now.

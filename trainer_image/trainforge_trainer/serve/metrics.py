@@ -78,6 +78,11 @@ class ServeMetrics:
             registry=r,
         )
         self.ready = Gauge(p + "ready", "1 when the server accepts inference requests.", registry=r)
+        self.watcher_up = Gauge(
+            p + "reload_watcher_up",
+            "1 while the checkpoint watcher runs (0: it died; liveness fails too).",
+            registry=r,
+        )
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

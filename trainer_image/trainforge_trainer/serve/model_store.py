@@ -17,11 +17,17 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 
 from trainforge_trainer import checkpoint as ckpt
 from trainforge_trainer import config as config_mod
 from trainforge_trainer import logs
-from trainforge_trainer.serve.protocol import Signature, TensorSpec
+from trainforge_trainer.serve.protocol import ProtocolError, Signature, TensorSpec
+
+# What a failed load can raise. DCP's CheckpointException derives from BaseException (not
+# Exception): named here so that a checkpoint deleted while loading (keepLast pruning it)
+# is one skipped load, while KeyboardInterrupt, SystemExit and cancellation still stop.
+LOAD_ERRORS: tuple[type[BaseException], ...] = (Exception, CheckpointException)
 
 
 def signature_for(config: config_mod.TrainerConfig) -> Signature:
@@ -76,7 +82,19 @@ class ServedModel:
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Forward one merged batch (called on the inference thread)."""
         with torch.inference_mode():
-            out = self.module(torch.from_numpy(batch).to(self.device))
+            try:
+                out = self.module(torch.from_numpy(batch).to(self.device))
+            except torch.OutOfMemoryError:
+                raise
+            except Exception as exc:
+                if not self.signature.input.any_rank:
+                    raise  # shapes and values were validated: this is the server's fault
+                # A user's model declares only the batch dimension: what it refuses is the
+                # client's input (mostly a wrong shape), so a 400 that says why.
+                first = (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+                raise ProtocolError(
+                    f"inputs[0]: the model refused an input of shape {list(batch.shape)}: {first}"
+                ) from None
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"the model returned {type(out).__name__}; the server needs a tensor")
         return out.float().cpu().numpy() if out.is_floating_point() else out.cpu().numpy()
@@ -143,15 +161,19 @@ class ModelStore:
         if newest is None or _identity(newest) == self._seen:
             return False
         self._seen = _identity(newest)
-        # Only now re-hash: the newest that verifies (a corrupt one is skipped and logged).
-        verified = ckpt.latest_committed(self.checkpoint_dir, verify=True)
-        if verified is None or (self.current and _identity(verified) == self.current.identity()):
-            return False
         started = time.perf_counter()
         try:
+            # Only now re-hash: the newest that verifies (a corrupt one is skipped and logged).
+            verified = ckpt.latest_committed(self.checkpoint_dir, verify=True)
+            if verified is None or (
+                self.current and _identity(verified) == self.current.identity()
+            ):
+                return False
             served = load(verified, self.quantize, self.device)
-        except Exception as exc:  # a broken checkpoint must not take down a serving replica
-            logs.error("model_load_failed", path=str(verified.path), error=repr(exc))
+        except LOAD_ERRORS as exc:
+            # A broken checkpoint, or one deleted while it loads, must neither take down a
+            # serving replica nor stop later polls: logged, counted, skipped.
+            logs.error("model_load_failed", path=str(newest.path), error=repr(exc))
             if self.current is None:
                 self._seen = None  # nothing served yet: keep retrying on every poll
             self._on_failed()

@@ -12,13 +12,15 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from trainforge import contract
 
 # It is a URL path segment: /v2/models/{name}/infer.
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 QUANTIZE_CHOICES = ("none", "int8")
+# Not rendered by the operator (the default suits it), so not in trainforge.contract.
+ENV_BODY_TIMEOUT_SECONDS = "TRAINFORGE_SERVE_BODY_TIMEOUT_SECONDS"
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
 
@@ -42,6 +44,7 @@ class ServeSettings:
     max_request_bytes: int = 16 << 20
     drain_seconds: float = 5.0
     torch_threads: int = 1
+    body_timeout_seconds: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -135,14 +138,30 @@ _OPTIONS: dict[str, _Option] = {
         0,
         1024,
     ),
+    "body_timeout_seconds": _Option(
+        "--body-timeout-seconds",
+        ENV_BODY_TIMEOUT_SECONDS,
+        float,
+        "longest a request body may take to arrive (slower: 408); also bounds how long "
+        "shutdown waits for a stalled upload",
+        0.1,
+        3600,
+    ),
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse would exit 2; a bad flag is a configuration error like a bad value (78).
+        raise SettingsError([f"{message}; see --help"])
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m trainforge_trainer serve",
         description="Serve the newest committed checkpoint over the Open Inference Protocol "
         "(V2 REST), with dynamic batching and hot reload.",
+        allow_abbrev=False,  # a misspelt flag is an error, not a guess
     )
     for dest, opt in _OPTIONS.items():
         extra = f" [env {opt.env}]"
