@@ -46,6 +46,7 @@ from trainforge_trainer.checkpoint import Checkpointer, CommittedCheckpoint, Sav
 from trainforge_trainer.config import ConfigError, TrainerConfig
 from trainforge_trainer.data import DataPosition, TrainStream, eval_loader
 from trainforge_trainer.metrics import Progress, TrainerMetrics, serve, termination_message_path
+from trainforge_trainer.push import ProgressPusher
 from trainforge_trainer.recipes import Recipe, build_recipe
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -161,6 +162,10 @@ class Trainer:
             termination_message_path(env) if self.dist.local_rank == 0 else None,
         )
         self._server = self._serve_metrics()
+        # Live progress to the operator (push.py): rank 0 only, when the operator asked for it.
+        self._pusher = (
+            ProgressPusher.from_env(env, self.progress.snapshot) if self.dist.is_main else None
+        )
 
         ckpt_dir = Path(env.get(contract.ENV_CHECKPOINT_DIR, contract.DEFAULT_CHECKPOINT_MOUNT))
         self.checkpointer = Checkpointer(
@@ -304,6 +309,8 @@ class Trainer:
                 self.metrics.checkpoint_bytes_total.inc(committed.manifest["bytes"])
         self.progress.update(checkpoint=committed.record())
         self.progress.write()
+        if self._pusher is not None:
+            self._pusher.wake()  # a committed checkpoint is news for serving: push it now
         if times is not None:
             logs.event(
                 "checkpoint_committed",
@@ -517,8 +524,12 @@ class Trainer:
         if tokens:
             fields["tokensPerSecond"] = round(samples_s * tokens, 1)
         logs.event("progress", **fields)
+        remaining = max(0, self.cfg.maxSteps - self.step)
         self.progress.update(
-            step=self.step, loss=fields["loss"], samplesPerSecond=fields["samplesPerSecond"]
+            step=self.step,
+            loss=fields["loss"],
+            samplesPerSecond=fields["samplesPerSecond"],
+            etaSeconds=round(remaining * elapsed / steps, 1),
         )
         self.progress.write()
         if self.metrics is not None:
@@ -533,6 +544,8 @@ class Trainer:
         finally:
             if self._server is not None:
                 self._server.shutdown()
+            if self._pusher is not None:
+                self._pusher.close()
             distributed.teardown()
 
 

@@ -386,6 +386,15 @@ class FailurePolicy(ApiModel):
     )
     """Exit codes that fail the job at once instead of restarting the gang. 78 (the bundled
     trainer's configuration error) always does."""
+    progress_deadline_seconds: int | None = Field(default=None, ge=30, le=7 * 86_400)
+    """Hang detection: a Running job whose step has not changed for this long (a hung NCCL
+    collective, a stuck data loader) gets a gang restart with reason NoProgress, counted
+    against maxRestarts. Needs live progress (the bundled trainer pushes it; see
+    docs/trainer.md). Off when unset."""
+    startup_deadline_seconds: int | None = Field(default=None, ge=30, le=7 * 86_400)
+    """With progressDeadlineSeconds: the allowance for the first step after the gang starts
+    running (rendezvous, loading data and the checkpoint, compiling). Default:
+    progressDeadlineSeconds + 600."""
 
 
 # --- scheduling ----------------------------------------------------------------------------
@@ -686,6 +695,14 @@ class Progress(ApiModel):
     """Last training loss."""
     samples_per_second: float | None = Field(default=None, ge=0, le=1e15)
     """Training throughput across all workers."""
+    eta_seconds: float | None = Field(default=None, ge=0, le=1e12)
+    """Estimated seconds until totalSteps, at the current step rate."""
+    transport: Literal["InfiniBand", "RoCE", "Socket"] | None = None
+    """What the collectives run over, as the trainer detected it (NCCL's own log, or Socket
+    for gloo)."""
+    updated_at: str | None = Field(default=None, max_length=64)
+    """RFC 3339 time (operator clock) the step last changed; progressDeadlineSeconds counts
+    from here."""
 
 
 class TrainingJobStatus(ApiModel):
