@@ -1,0 +1,239 @@
+"""Live progress against the real control plane: a running worker pushes its progress with the
+trainer's own client (trainforge_trainer.push), authenticated as the pod by a token the API
+server binds to it; the operator checks it with a TokenReview. KWOK runs the pods, so the test
+plays rank 0."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import yaml
+
+from kubetest import Cluster, Kubectl, Operator, free_port, start_operator, wait_for
+from trainforge_trainer.push import push_progress
+
+AUDIENCE = "trainforge-progress"
+
+
+@pytest.fixture(scope="module")
+def progress_url() -> str:
+    return f"http://127.0.0.1:{free_port()}/v1/progress"
+
+
+@pytest.fixture(scope="module")
+def operator(
+    cluster: Cluster, tmp_path_factory: pytest.TempPathFactory, progress_url: str
+) -> Iterator[Operator]:
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    port = progress_url.split(":")[2].split("/")[0]
+    op = start_operator(
+        cluster.kubeconfig, log, f"--progress-port={port}", f"--progress-url={progress_url}"
+    )
+    yield op
+    op.stop()
+    assert "Traceback" not in op.logs(), op.logs()[-5000:]
+
+
+def apply(kubectl: Kubectl, namespace: str, obj: dict[str, Any]) -> None:
+    kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(obj))
+
+
+def training_job(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "trainforge.io/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name},
+        "spec": {
+            "workers": 1,
+            "image": "example.com/trainer:1",
+            "resources": {"gpusPerWorker": 1, "requests": {"cpu": "1", "memory": "1Gi"}},
+            "checkpoint": {"volumeClaimTemplate": {"size": "1Gi"}},
+            **spec,
+        },
+    }
+
+
+def get(kubectl: Kubectl, namespace: str, kind: str, name: str) -> dict[str, Any]:
+    return json.loads(kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout)
+
+
+def running_worker(kubectl: Kubectl, namespace: str, job: str, attempt: int = 0) -> dict:
+    def ready() -> dict[str, Any] | None:
+        pod = json.loads(
+            kubectl(
+                "get", "pod", f"{job}-worker-0", "-n", namespace, "-o", "json", check=False
+            ).stdout
+            or "{}"
+        )
+        labels = pod.get("metadata", {}).get("labels", {})
+        if (
+            pod.get("status", {}).get("phase") == "Running"
+            and labels.get("trainforge.io/restart-attempt") == str(attempt)
+            and not pod["metadata"].get("deletionTimestamp")
+        ):
+            return pod
+        return None
+
+    return wait_for(ready, f"{job}-worker-0 (attempt {attempt}) running")  # type: ignore[return-value]
+
+
+def pod_token(kubectl: Kubectl, namespace: str, pod: str, audience: str = AUDIENCE) -> str:
+    """What the kubelet puts in the projected volume: a token bound to the pod."""
+    return kubectl(
+        "create", "token", "default", "-n", namespace, "--bound-object-kind=Pod",
+        f"--bound-object-name={pod}", f"--audience={audience}", "--duration=10m",
+    ).stdout.strip()  # fmt: skip
+
+
+def status(kubectl: Kubectl, namespace: str, job: str) -> dict[str, Any]:
+    return get(kubectl, namespace, "trainingjob", job).get("status", {})
+
+
+def test_a_running_workers_progress_and_checkpoint_reach_status_and_serving(
+    operator: Operator, kubectl: Kubectl, namespace: str, progress_url: str
+) -> None:
+    apply(kubectl, namespace, training_job("llm"))
+    pod = running_worker(kubectl, namespace, "llm")
+    # The pod carries what the trainer needs: the URL and a projected token of our audience.
+    env = {e["name"]: e.get("value") for e in pod["spec"]["containers"][0]["env"]}
+    assert env["TRAINFORGE_PROGRESS_URL"] == progress_url
+    sources = [s for v in pod["spec"]["volumes"] for s in v.get("projected", {}).get("sources", [])]
+    assert {
+        "serviceAccountToken": {"audience": AUDIENCE, "expirationSeconds": 600, "path": "token"}
+    } in sources
+
+    token = pod_token(kubectl, namespace, "llm-worker-0")
+    record = {
+        "step": 120,
+        "totalSteps": 1000,
+        "loss": 2.25,
+        "samplesPerSecond": 512.0,
+        "etaSeconds": 300.0,
+        "transport": "Socket",
+        "checkpoint": {"step": 100, "path": "step-00000100", "time": "2026-11-30T12:00:00Z"},
+    }
+    code, body = push_progress(progress_url, token, record)
+    assert code == 200, body
+
+    started = time.monotonic()
+    live = wait_for(
+        lambda: (
+            (s := status(kubectl, namespace, "llm")).get("checkpoint", {}).get("step") == 100 and s
+        ),
+        "the pushed progress in status",
+        timeout=45,  # one progress write per 30 s per job, at most
+    )
+    assert time.monotonic() - started <= 35
+    progress = live["progress"]  # type: ignore[index]
+    assert {k: progress[k] for k in record if k != "checkpoint"} == {
+        k: v for k, v in record.items() if k != "checkpoint"
+    }
+    assert live["phase"] == "Running"  # type: ignore[index]
+    columns = kubectl("get", "tj", "llm", "-n", namespace).stdout.split("\n")
+    assert "STEP" in columns[0] and "CHECKPOINT" in columns[0]
+    assert "120" in columns[1] and "100" in columns[1]
+
+    # Serving follows the running job: its first live checkpoint is enough to deploy.
+    apply(
+        kubectl,
+        namespace,
+        {
+            "apiVersion": "trainforge.io/v1alpha1",
+            "kind": "InferenceService",
+            "metadata": {"name": "llm-serve"},
+            "spec": {
+                "image": "example.com/trainer:1",
+                "model": {"fromTrainingJob": "llm", "name": "llm"},
+            },
+        },
+    )
+    deployment = wait_for(
+        lambda: json.loads(
+            kubectl(
+                "get", "deployment", "llm-serve", "-n", namespace, "-o", "json", check=False
+            ).stdout
+            or "{}"
+        ),
+        "the InferenceService's Deployment while the job still runs",
+    )
+    assert "llm-checkpoints" in json.dumps(deployment)
+    assert status(kubectl, namespace, "llm")["phase"] == "Running"
+
+
+def test_a_pod_reports_only_for_its_own_job(
+    operator: Operator, kubectl: Kubectl, namespace: str, progress_url: str
+) -> None:
+    apply(kubectl, namespace, training_job("a"))
+    apply(kubectl, namespace, training_job("b"))
+    running_worker(kubectl, namespace, "a")
+    running_worker(kubectl, namespace, "b")
+    # A pod that claims to be b's worker by its labels, without being b's child.
+    kubectl(
+        "run", "forger", "-n", namespace, "--image=example.com/x:1",
+        "--labels=app.kubernetes.io/managed-by=trainforge,trainforge.io/job-name=b",
+    )  # fmt: skip
+    kubectl("run", "plain", "-n", namespace, "--image=example.com/x:1")
+
+    forger = pod_token(kubectl, namespace, "forger")
+    wait_for(  # once the operator's pod watch has seen it
+        lambda: (
+            "not a worker of a known job" in push_progress(progress_url, forger, {"step": 6})[1]
+        ),
+        "the forged report refused as not b's worker",
+    )
+    code, body = push_progress(progress_url, pod_token(kubectl, namespace, "plain"), {"step": 666})
+    assert code == 403 and "is not a TrainingJob worker" in body
+    # A token for the API server (its default audience) is no progress token.
+    api_token = kubectl(
+        "create", "token", "default", "-n", namespace, "--bound-object-kind=Pod",
+        "--bound-object-name=a-worker-0",
+    ).stdout.strip()  # fmt: skip
+    code, body = push_progress(progress_url, api_token, {"step": 666})
+    assert code == 401, body
+    code, _ = push_progress(progress_url, "not-a-token", {"step": 666})
+    assert code == 401
+    # a's worker naming b in its body still reports for a.
+    code, body = push_progress(
+        progress_url, pod_token(kubectl, namespace, "a-worker-0"), {"step": 7, "job": "b"}
+    )
+    assert code == 200 and f"TrainingJob {namespace}/a" in body
+    wait_for(
+        lambda: status(kubectl, namespace, "a").get("progress", {}).get("step") == 7,
+        "a's progress",
+        timeout=45,
+    )
+    assert "progress" not in status(kubectl, namespace, "b")
+
+
+def test_a_job_whose_step_stops_is_restarted_with_no_progress(
+    operator: Operator, kubectl: Kubectl, namespace: str, progress_url: str
+) -> None:
+    apply(
+        kubectl,
+        namespace,
+        training_job("hung", failurePolicy={"maxRestarts": 2, "progressDeadlineSeconds": 30}),
+    )
+    running_worker(kubectl, namespace, "hung")
+    code, body = push_progress(
+        progress_url, pod_token(kubectl, namespace, "hung-worker-0"), {"step": 5}
+    )
+    assert code == 200, body
+    # No further step: within the deadline (+ the 30 s write interval) the gang restarts.
+    wait_for(
+        lambda: status(kubectl, namespace, "hung").get("restarts") == 1,
+        "a NoProgress gang restart",
+        timeout=90,
+    )
+    events = json.loads(
+        kubectl(
+            "get", "events", "-n", namespace, "--field-selector=reason=GangRestarted", "-o", "json"
+        ).stdout
+    )["items"]  # fmt: skip
+    assert [e["type"] for e in events] == ["Warning"]  # counted against maxRestarts
+    assert "has not changed for 30s" in events[0]["message"], events[0]
+    assert "last step 5" in events[0]["message"]
+    running_worker(kubectl, namespace, "hung", attempt=1)
