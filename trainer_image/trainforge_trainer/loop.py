@@ -40,7 +40,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from trainforge import contract
-from trainforge_trainer import checkpoint, distributed, logs
+from trainforge_trainer import checkpoint, distributed, logs, transport
 from trainforge_trainer import config as config_mod
 from trainforge_trainer.checkpoint import Checkpointer, CommittedCheckpoint, SaveTimes
 from trainforge_trainer.config import ConfigError, TrainerConfig
@@ -162,6 +162,7 @@ class Trainer:
             termination_message_path(env) if self.dist.local_rank == 0 else None,
         )
         self._server = self._serve_metrics()
+        self._transport: str | None = None
         # Live progress to the operator (push.py): rank 0 only, when the operator asked for it.
         self._pusher = (
             ProgressPusher.from_env(env, self.progress.snapshot) if self.dist.is_main else None
@@ -525,6 +526,11 @@ class Trainer:
             fields["tokensPerSecond"] = round(samples_s * tokens, 1)
         logs.event("progress", **fields)
         remaining = max(0, self.cfg.maxSteps - self.step)
+        if self._transport is None and self.dist.is_main:
+            # Known once the first collectives ran (NCCL connects lazily).
+            self._transport = transport.detect(self.device.type == "cuda", self.dist.nccl_log)
+            if self._transport:
+                self.progress.update(transport=self._transport)
         self.progress.update(
             step=self.step,
             loss=fields["loss"],
