@@ -237,3 +237,105 @@ def test_a_job_whose_step_stops_is_restarted_with_no_progress(
     assert "has not changed for 30s" in events[0]["message"], events[0]
     assert "last step 5" in events[0]["message"]
     running_worker(kubectl, namespace, "hung", attempt=1)
+
+
+def nad(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "k8s.cni.cncf.io/v1",
+        "kind": "NetworkAttachmentDefinition",
+        "metadata": {"name": name},
+        "spec": {"config": '{"cniVersion": "0.3.1"}'},
+    }
+
+
+def network_status(*networks: tuple[str, str]) -> str:
+    """What Multus writes on a pod it attached."""
+    entries = [{"name": "cbr0", "interface": "eth0", "default": True}]
+    entries += [{"name": n, "interface": i, "ips": ["192.168.0.9"]} for n, i in networks]
+    return json.dumps(entries)
+
+
+def rdma_job(name: str, require: bool = False) -> dict[str, Any]:
+    return training_job(
+        name,
+        workers=2,
+        network={
+            "rdma": {
+                "networks": [{"name": "rail-0"}, {"name": "rail-1"}],
+                "resources": {"rdma/rdma_shared_device_a": 1},
+                "requireRDMA": require,
+            }
+        },
+    )
+
+
+def condition(job_status: dict[str, Any], type_: str) -> dict[str, Any]:
+    return next((c for c in job_status.get("conditions", []) if c["type"] == type_), {})
+
+
+def test_rdma_attachments_and_transport_are_read_back(
+    operator: Operator, kubectl: Kubectl, namespace: str, progress_url: str
+) -> None:
+    apply(kubectl, namespace, nad("rail-0"))
+    apply(kubectl, namespace, nad("rail-1"))
+    apply(kubectl, namespace, rdma_job("rdma"))
+    running_worker(kubectl, namespace, "rdma")
+    both = network_status((f"{namespace}/rail-0", "net1"), (f"{namespace}/rail-1", "net2"))
+    one = network_status((f"{namespace}/rail-0", "net1"))
+    kubectl(
+        "annotate",
+        "pod",
+        "rdma-worker-0",
+        "-n",
+        namespace,
+        f"k8s.v1.cni.cncf.io/network-status={both}",
+    )
+    kubectl(
+        "annotate", "pod", "rdma-worker-1", "-n", namespace,
+        f"k8s.v1.cni.cncf.io/network-status={one}",
+    )  # fmt: skip
+
+    missing = wait_for(
+        lambda: (
+            condition(status(kubectl, namespace, "rdma"), "RDMAAttached").get("reason")
+            == "AttachmentMissing"
+            and status(kubectl, namespace, "rdma")
+        ),
+        "RDMAAttached=False for the missing rail",
+    )
+    attached = condition(missing, "RDMAAttached")  # type: ignore[arg-type]
+    assert f"rdma-worker-1: network {namespace}/rail-1 is not attached" in attached["message"]
+    assert "rdma-worker-0" not in attached["message"]
+    assert missing["networks"][0] == {  # type: ignore[index]
+        "worker": "rdma-worker-0",
+        "attachments": [
+            {"network": f"{namespace}/rail-0", "interface": "net1"},
+            {"network": f"{namespace}/rail-1", "interface": "net2"},
+        ],
+    }
+
+    # NCCL says it runs over sockets: RDMA requested but not used.
+    token = pod_token(kubectl, namespace, "rdma-worker-0")
+    assert push_progress(progress_url, token, {"step": 3, "transport": "Socket"})[0] == 200
+    wait_for(
+        lambda: (
+            condition(status(kubectl, namespace, "rdma"), "RDMAActive").get("reason")
+            == "FellBackToTCP"
+        ),
+        "RDMAActive=False/FellBackToTCP",
+        timeout=45,
+    )
+    assert status(kubectl, namespace, "rdma")["phase"] == "Running"
+
+    # With requireRDMA a worker running without its attachments fails the job at once (on
+    # KWOK nothing writes network-status; on a real node Multus writes it before the
+    # containers start). The transport fallback's failure is unit-tested.
+    apply(kubectl, namespace, rdma_job("strict", require=True))
+    wait_for(
+        lambda: status(kubectl, namespace, "strict").get("phase") == "Failed",
+        "the requireRDMA job to fail",
+    )
+    failed = condition(status(kubectl, namespace, "strict"), "Failed")
+    assert failed["reason"] == "RDMARequired"
+    assert failed["message"].startswith("spec.network.rdma.requireRDMA is true: ")
+    assert f"strict-worker-0: network {namespace}/rail-0 is not attached" in failed["message"]

@@ -232,6 +232,10 @@ class Rdma(ApiModel):
     {rdma/rdma_shared_device_a: 1}."""
     nccl: Nccl = Field(default_factory=Nccl)
     """NCCL environment for the RDMA fabric."""
+    require_rdma: bool = Field(default=False, alias="requireRDMA")
+    """Fail the job (reason RDMARequired) instead of letting it run slowly when a requested
+    network is not attached to a worker or NCCL reports that it runs over TCP sockets.
+    Without it those are conditions (RDMAAttached, RDMAActive=False/FellBackToTCP)."""
 
     @model_validator(mode="after")
     def _networks_listed_once(self) -> Rdma:
@@ -705,6 +709,24 @@ class Progress(ApiModel):
     from here."""
 
 
+class NetworkAttachment(ApiModel):
+    """One network Multus attached to a worker (its network-status annotation)."""
+
+    network: str = Field(max_length=253)
+    """NetworkAttachmentDefinition as namespace/name."""
+    interface: str = Field(default="", max_length=64)
+    """Interface inside the pod, e.g. net1."""
+
+
+class WorkerNetworks(ApiModel):
+    """The networks attached to one worker pod."""
+
+    worker: str = Field(max_length=253)
+    """Worker pod name."""
+    attachments: list[NetworkAttachment] = Field(default_factory=list, max_length=32)
+    """Its non-default networks, as Multus reports them."""
+
+
 class TrainingJobStatus(ApiModel):
     """Observed state of a TrainingJob, written by the operator."""
 
@@ -736,6 +758,9 @@ class TrainingJobStatus(ApiModel):
     """Newest committed checkpoint."""
     progress: Progress | None = None
     """Training progress."""
+    networks: list[WorkerNetworks] | None = Field(default=None, max_length=1024)
+    """With spec.network.rdma.networks, while all workers run: the networks Multus attached
+    to each one (read back from k8s.v1.cni.cncf.io/network-status)."""
 
 
 # --- the whole object ------------------------------------------------------------------------

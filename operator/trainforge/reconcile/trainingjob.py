@@ -25,6 +25,12 @@ from trainforge.api.trainingjob import CheckpointStatus, Progress
 from trainforge.progress.policy import hang_check, merge_live
 from trainforge.reconcile.conditions import Cond, merge_conditions, stalled_event
 from trainforge.reconcile.pods import cannot_start
+from trainforge.reconcile.rdma import (
+    NETWORK_STATUS_ANNOTATION,
+    Attachments,
+    parse_network_status,
+    rdma_readback,
+)
 from trainforge.render.trainingjob import (
     JobRef,
     RenderSettings,
@@ -56,6 +62,8 @@ class PodView:
     progress: dict[str, Any] | None = None
     # (kubelet reason, message) when a container cannot start (reconcile/pods.py).
     cannot_start: tuple[str, str] | None = None
+    # Networks Multus attached (reconcile/rdma.py); None without a network-status annotation.
+    networks: Attachments | None = None
 
     @property
     def active(self) -> bool:
@@ -93,6 +101,9 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         spec_hash=meta.get("annotations", {}).get(contract.ANNOTATION_SPEC_HASH, ""),
         progress=sanitised_progress(terminated.get("message") if terminated else None),
         cannot_start=cannot_start(pod),
+        networks=parse_network_status(
+            meta.get("annotations", {}).get(NETWORK_STATUS_ANNOTATION)
+        ),  # RDMA readback hook
     )
 
 
@@ -370,9 +381,22 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
             return _no_progress(result, obs, spec, hung, finish)
         result.requeue_after = _sooner(result.requeue_after, wait)
         result.became_running = phase != RUNNING
+        rdma = rdma_readback(  # RDMA readback hook (reconcile/rdma.py)
+            spec,
+            meta["namespace"],
+            [(p.name, p.networks) for p in running],
+            status.get("progress", {}).get("transport"),
+        )
+        if rdma.networks:
+            status["networks"] = rdma.networks
+        if rdma.failure:
+            return _fail(result, obs, "RDMARequired", rdma.failure, finish)
         return finish(
             RUNNING,
-            [Cond(RUNNING, True, "AllWorkersRunning", f"all {spec.workers} workers are running")],
+            [
+                Cond(RUNNING, True, "AllWorkersRunning", f"all {spec.workers} workers are running"),
+                *rdma.conditions,
+            ],
         )
     stuck = [p.cannot_start for p in current if p.cannot_start]
     if stuck:
