@@ -115,6 +115,15 @@ ENV_SERVE_MAX_REQUEST_BYTES = "TRAINFORGE_SERVE_MAX_REQUEST_BYTES"
 ENV_SERVE_DRAIN_SECONDS = "TRAINFORGE_SERVE_DRAIN_SECONDS"
 # torch intra-op threads on CPU (0: torch's default, one per core).
 ENV_SERVE_TORCH_THREADS = "TRAINFORGE_SERVE_TORCH_THREADS"
+# Quality-gated reload: switch only to a checkpoint whose manifest metric (e.g. val_loss) is
+# no worse than the served one's; mode min (lower is better) or max.
+ENV_SERVE_RELOAD_METRIC = "TRAINFORGE_SERVE_RELOAD_METRIC"
+ENV_SERVE_RELOAD_MODE = "TRAINFORGE_SERVE_RELOAD_MODE"
+# The manifest's "metrics": the newest validation results when the checkpoint was saved,
+# as {"val_loss": float, "val_<metric>": float}, and "metricsStep", the step they were
+# measured at.
+MANIFEST_METRICS = "metrics"
+MANIFEST_METRICS_STEP = "metricsStep"
 
 SERVE_DEFAULT_PORT = 8080
 SERVE_PORT_NAME = "http"
@@ -145,3 +154,9 @@ PROGRESS_MAX_BODY = 4096
 PROGRESS_PUSH_INTERVAL_SECONDS = 10.0
 # "transport" in the record: what NCCL (or gloo) carries the collectives over.
 TRANSPORT_INFINIBAND, TRANSPORT_ROCE, TRANSPORT_SOCKET = "InfiniBand", "RoCE", "Socket"
+# An inference server pushes {SERVED_STEP_KEY: <step it serves>} to the same endpoint with its
+# own projected token, after every load and every minute; the operator shows the lowest step
+# its replicas serve in the InferenceService's status.model.servedStep.
+SERVED_STEP_KEY = "servedStep"
+# ... and, under a reload policy, the newest step it refused as worse.
+SKIPPED_STEP_KEY = "skippedStep"

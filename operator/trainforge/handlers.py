@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -170,6 +171,12 @@ def inference_disruption_budgets(
 
 
 @kopf.index("", "v1", "pods", labels=INFERENCE_LABELS)
+def serving_pods(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, PodIdentity]:
+    """(namespace, pod name) -> the server pod: the progress endpoint's served-step lookup."""
+    return {(namespace, name): pod_identity(dict(body))}
+
+
+@kopf.index("", "v1", "pods", labels=INFERENCE_LABELS)
 def inference_pods_cannot_start(
     namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, tuple[str, str]]:
@@ -193,6 +200,7 @@ async def inferenceservice_changed(
 ) -> None:
     if type == "DELETED":
         memo.inference_runner.forget(uid)
+        memo.progress_store.forget(uid)
     memo.inference_queue.add((namespace, name))
 
 
@@ -233,6 +241,7 @@ async def start(
     inference_disruption_budgets: kopf.Index[Key, ChildView],
     inference_pods_cannot_start: kopf.Index[Key, tuple[str, str]],
     progress_pods: kopf.Index[Key, PodIdentity],
+    serving_pods: kopf.Index[Key, PodIdentity],
     **_: Any,
 ) -> None:
     config: Settings = memo.settings
@@ -289,6 +298,7 @@ async def start(
         children=lambda key: [child for index in child_indexes for child in index.get(key, [])],
         settings=config.render,
         pods_cannot_start=lambda key: list(inference_pods_cannot_start.get(key, [])),
+        served=lambda uid: memo.progress_store.served_step(uid, time.monotonic()),
     )
 
     async def reconcile_inference(key: Any) -> float | None:
@@ -307,11 +317,15 @@ async def start(
     if config.progress_port:
         receiver = ProgressReceiver(
             memo.progress_store,
-            pods=lambda key: next(iter(progress_pods.get(key, [])), None),
+            pods=lambda key: next(
+                iter([*progress_pods.get(key, []), *serving_pods.get(key, [])]), None
+            ),
             jobs=lambda key: next(iter(trainingjobs.get(key, [])), None),
             enqueue=memo.trainingjob_queue.add_after,
             leading=leading,
             executor=executor,
+            services=lambda key: next(iter(inferenceservices.get(key, [])), None),
+            enqueue_service=memo.inference_queue.add_after,
         )
         memo.progress_server = await serve(receiver, config.listen_address, config.progress_port)
 

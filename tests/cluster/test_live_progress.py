@@ -162,6 +162,34 @@ def test_a_running_workers_progress_and_checkpoint_reach_status_and_serving(
     )
     assert "llm-checkpoints" in json.dumps(deployment)
     assert status(kubectl, namespace, "llm")["phase"] == "Running"
+    # The servers get the push URL and a token too, and report the step they serve.
+    [server] = wait_for(
+        lambda: json.loads(
+            kubectl(
+                "get", "pods", "-n", namespace, "-l", "trainforge.io/inference-service=llm-serve",
+                "-o", "json",
+            ).stdout
+        )["items"],
+        "a server pod",
+    )  # type: ignore[misc]  # fmt: skip
+    env = {e["name"]: e.get("value") for e in server["spec"]["containers"][0]["env"]}
+    assert env["TRAINFORGE_PROGRESS_URL"] == progress_url
+    token = pod_token(kubectl, namespace, server["metadata"]["name"])
+    code, body = push_progress(progress_url, token, {"servedStep": 100})
+    assert code == 200 and f"InferenceService {namespace}/llm-serve" in body
+    model = wait_for(
+        lambda: (
+            get(kubectl, namespace, "inferenceservice", "llm-serve")
+            .get("status", {})
+            .get("model", {})
+            .get("servedStep")
+            == 100
+            and get(kubectl, namespace, "inferenceservice", "llm-serve")["status"]["model"]
+        ),
+        "status.model.servedStep from the server's report",
+        timeout=35,
+    )
+    assert model["step"] == 100  # type: ignore[index]
 
 
 def test_a_pod_reports_only_for_its_own_job(

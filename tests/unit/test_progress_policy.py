@@ -11,6 +11,7 @@ import pytest
 from trainforge.progress.policy import (
     STARTUP_EXTRA_SECONDS,
     WRITE_INTERVAL_SECONDS,
+    lowest_served_step,
     merge_live,
     next_write_delay,
     progress_deadline,
@@ -155,3 +156,9 @@ def test_a_hung_gang_out_of_restarts_fails_with_no_progress() -> None:
     )
     failed = next(c for c in result.status["conditions"] if c["type"] == "Failed")
     assert result.status["phase"] == "Failed" and failed["reason"] == "NoProgress"
+
+
+def test_the_served_step_is_the_lowest_recent_replica_report() -> None:
+    reports = {"a": (300, 1000.0), "b": (200, 1100.0), "gone": (100, 700.0)}
+    assert lowest_served_step(reports, now=1100.0) == 200  # "gone" is older than 5 minutes
+    assert lowest_served_step({}, now=0.0) is None

@@ -151,6 +151,7 @@ class Trainer:
         )
         self.step = 0
         self._val_step: int | None = None
+        self._val_metrics: dict[str, float] = {}  # the last validation, as val_<name>
         self.samples_per_step = cfg.batchSize * cfg.gradAccumSteps * self.dist.world_size
 
         # Telemetry: metrics and /progress on rank 0; the termination message on every pod.
@@ -165,7 +166,7 @@ class Trainer:
         self._transport: str | None = None
         # Live progress to the operator (push.py): rank 0 only, when the operator asked for it.
         self._pusher = (
-            ProgressPusher.from_env(env, self.progress.snapshot) if self.dist.is_main else None
+            ProgressPusher.from_env(env, self._progress_to_push) if self.dist.is_main else None
         )
 
         ckpt_dir = Path(env.get(contract.ENV_CHECKPOINT_DIR, contract.DEFAULT_CHECKPOINT_MOUNT))
@@ -178,6 +179,7 @@ class Trainer:
             attempt=env.get(contract.ENV_RESTART_ATTEMPT, "0"),
             on_commit=self._on_commit,
             on_blocked=self._on_checkpoint_blocked,
+            validation=self._validation_for_manifest,
         )
         self._last_save_time = time.monotonic()
         # Training-mode forward passes update buffers such as BatchNorm statistics.
@@ -217,6 +219,20 @@ class Trainer:
             # Metrics are not worth failing a training run for.
             logs.warning("metrics_server_failed", port=port, reason=str(exc))
             return None
+
+    def _validation_for_manifest(self) -> dict[str, Any]:
+        """The newest validation results, for quality-gated reload in the servers."""
+        if not self._val_metrics or self._val_step is None:
+            return {}
+        return {
+            contract.MANIFEST_METRICS: dict(self._val_metrics),
+            contract.MANIFEST_METRICS_STEP: self._val_step,
+        }
+
+    def _progress_to_push(self) -> dict[str, Any]:
+        """Nothing before the first step: a step 0 would start the progress deadline early."""
+        record = self.progress.snapshot()
+        return record if record.get("step") else {}
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._stop_requested = True
@@ -422,6 +438,8 @@ class Trainer:
             result["accuracy"] = correct / count
         elif self.recipe.metric == "perplexity":
             result["perplexity"] = math.exp(min(result["loss"], 50.0))
+        if split == "val":
+            self._val_metrics = {f"val_{k}": v for k, v in result.items() if math.isfinite(v)}
         logs.event(
             "eval", split=split, step=self.step, **{k: round(v, 6) for k, v in result.items()}
         )

@@ -8,6 +8,7 @@ training; the termination message stays the record of last resort.
 from __future__ import annotations
 
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -40,7 +41,8 @@ def push_progress(url: str, token: str, record: Mapping[str, Any]) -> tuple[int,
 
 class ProgressPusher:
     """A daemon thread that pushes the newest record every `interval` seconds when it
-    changed, and at once after `wake()` (a committed checkpoint)."""
+    changed (or when `repeat` seconds passed, so a restarted operator learns it again), and
+    at once after `wake()`. An empty record is not pushed."""
 
     def __init__(
         self,
@@ -48,9 +50,12 @@ class ProgressPusher:
         token_path: Path,
         snapshot: Callable[[], dict[str, Any]],
         interval: float = contract.PROGRESS_PUSH_INTERVAL_SECONDS,
+        repeat: float | None = None,
     ) -> None:
         self._url, self._token_path, self._snapshot = url, token_path, snapshot
         self._interval = interval
+        self._repeat = repeat
+        self._sent_at = 0.0
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._sent: dict[str, Any] | None = None
@@ -59,7 +64,10 @@ class ProgressPusher:
 
     @classmethod
     def from_env(
-        cls, env: Mapping[str, str], snapshot: Callable[[], dict[str, Any]]
+        cls,
+        env: Mapping[str, str],
+        snapshot: Callable[[], dict[str, Any]],
+        repeat: float | None = None,
     ) -> ProgressPusher | None:
         url = env.get(contract.ENV_PROGRESS_URL)
         if not url:
@@ -68,7 +76,7 @@ class ProgressPusher:
             contract.ENV_PROGRESS_TOKEN_PATH,
             f"{contract.PROGRESS_TOKEN_DIR}/{contract.PROGRESS_TOKEN_FILE}",
         )
-        pusher = cls(url, Path(token_path), snapshot)
+        pusher = cls(url, Path(token_path), snapshot, repeat=repeat)
         pusher._thread.start()
         return pusher
 
@@ -91,7 +99,8 @@ class ProgressPusher:
 
     def push_if_changed(self) -> None:
         record = self._snapshot()
-        if record == self._sent or not record.get("step"):
+        stale = self._repeat is not None and time.monotonic() - self._sent_at >= self._repeat
+        if not record or (record == self._sent and not stale):
             return
         try:
             token = self._token_path.read_text().strip()
@@ -100,7 +109,7 @@ class ProgressPusher:
             return
         status, body = push_progress(self._url, token, record)
         if status == 200:
-            self._sent = record
+            self._sent, self._sent_at = record, time.monotonic()
             if self._failing:
                 logs.event("progress_push_recovered", url=self._url)
             self._failing = False

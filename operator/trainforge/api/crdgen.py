@@ -124,6 +124,12 @@ INFERENCE_SERVICE = CrdDefinition(
             "jsonPath": ".status.model.step",
             "description": "Step of the TrainingJob's newest committed checkpoint",
         },
+        {
+            "name": "Served",
+            "type": "integer",
+            "jsonPath": ".status.model.servedStep",
+            "description": "Lowest step the server replicas report serving",
+        },
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ),
     root_rules=tuple(inferenceservice.ROOT_RULES),

@@ -398,6 +398,10 @@ class ModelStatus(ApiModel):
     """Training step of the TrainingJob's newest committed checkpoint."""
     training_job: str | None = Field(default=None, max_length=253)
     """The TrainingJob the checkpoints come from."""
+    served_step: int | None = Field(default=None, ge=0, le=2**53)
+    """The step the servers actually serve: the lowest one any replica reported in the last
+    5 minutes (each replica reports after every load and every minute). Follows a reload
+    within 30 s."""
 
 
 class InferenceServiceStatus(ApiModel):

@@ -117,3 +117,15 @@ def hang_check(
         step = progress.get("step")
         why += f"; last step {step}" if step is not None else "; no step reported yet"
     return why, wait
+
+
+# A replica that has not reported its served step for this long no longer counts (gone, or
+# cut off from the operator); replicas re-report every minute.
+SERVED_STEP_MAX_AGE_SECONDS = 300.0
+
+
+def lowest_served_step(reports: dict[str, tuple[int, float]], now: float) -> int | None:
+    """The step every serving replica has reached: the lowest recent report (pod -> (step,
+    time)); None when no replica reported lately."""
+    fresh = [step for step, at in reports.values() if now - at < SERVED_STEP_MAX_AGE_SECONDS]
+    return min(fresh) if fresh else None

@@ -12,6 +12,8 @@ sanitiser.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -31,6 +33,9 @@ Key = tuple[str, str]
 POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
 POD_UID_EXTRA = "authentication.kubernetes.io/pod-uid"
 SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
+# A token's verdict is reused this long. A deleted pod's token is refused by the pod lookup
+# (the watch) at once; TokenReview only adds expiry, and tokens live 10 minutes.
+REVIEW_CACHE_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class PodIdentity:
     job: str
     owner_uid: str
     attempt: int
+    service: str = ""  # the InferenceService of a server pod
 
 
 def pod_identity(pod: dict[str, Any]) -> PodIdentity:
@@ -52,6 +58,7 @@ def pod_identity(pod: dict[str, Any]) -> PodIdentity:
         job=labels.get(contract.LABEL_JOB_NAME, ""),
         owner_uid=owner,
         attempt=int(labels.get(contract.LABEL_RESTART_ATTEMPT, "0")),
+        service=labels.get(contract.LABEL_INFERENCE_SERVICE, ""),
     )
 
 
@@ -84,11 +91,18 @@ class ProgressReceiver:
         enqueue: Callable[[Key, float], None],
         leading: Callable[[], bool],
         executor: Executor,
+        services: Callable[[Key], dict[str, Any] | None] = lambda key: None,
+        enqueue_service: Callable[[Key, float], None] = lambda key, delay: None,
     ) -> None:
         self._store = store
         self._pods = pods
         self._jobs = jobs
         self._enqueue = enqueue
+        self._services = services
+        self._enqueue_service = enqueue_service
+        # sha256(token) -> (bound pod, time.monotonic() of the review): one TokenReview per
+        # token per REVIEW_CACHE_SECONDS, not one per push.
+        self._reviews: dict[str, tuple[tuple[str, str, str], float]] = {}
         self._leading = leading
         self._executor = executor
 
@@ -117,16 +131,10 @@ class ProgressReceiver:
         body = await request.content.read(contract.PROGRESS_MAX_BODY + 1)
         if len(body) > contract.PROGRESS_MAX_BODY:
             raise Refused(413, f"body larger than {contract.PROGRESS_MAX_BODY} bytes")
-        loop = asyncio.get_running_loop()
-        try:
-            review = await loop.run_in_executor(
-                self._executor, kube.token_review, token, [contract.PROGRESS_AUDIENCE]
-            )
-        except kube.KubeError as e:
-            logger.warning("progress: TokenReview failed: %s", e)
-            raise Refused(503, "cannot verify the token now; retry") from None
-        namespace, pod_name, pod_uid = bound_pod(review)
+        namespace, pod_name, pod_uid = await self._review(token)
         pod = self._pods((namespace, pod_name))
+        if pod is not None and pod.uid == pod_uid and pod.service and not pod.job:
+            return self._accept_served(namespace, pod_name, pod, body)
         if pod is None or pod.uid != pod_uid or not pod.job:
             raise Refused(403, f"pod {namespace}/{pod_name} is not a TrainingJob worker")
         job = self._jobs((namespace, pod.job))
@@ -138,6 +146,46 @@ class ProgressReceiver:
         delay = self._store.put(pod.owner_uid, (pod.attempt, record), time.monotonic())
         self._enqueue((namespace, pod.job), delay)
         return f"TrainingJob {namespace}/{pod.job}"
+
+    async def _review(self, token: str) -> tuple[str, str, str]:
+        """(namespace, pod, pod uid) the token is bound to, from a TokenReview (cached)."""
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        now = time.monotonic()
+        cached = self._reviews.get(digest)
+        if cached is not None and now - cached[1] < REVIEW_CACHE_SECONDS:
+            return cached[0]
+        loop = asyncio.get_running_loop()
+        try:
+            review = await loop.run_in_executor(
+                self._executor, kube.token_review, token, [contract.PROGRESS_AUDIENCE]
+            )
+        except kube.KubeError as e:
+            logger.warning("progress: TokenReview failed: %s", e)
+            raise Refused(503, "cannot verify the token now; retry") from None
+        bound = bound_pod(review)
+        # Expired entries go on every write: the cache holds at most one review per token
+        # seen in the last REVIEW_CACHE_SECONDS.
+        self._reviews = {
+            k: v for k, v in self._reviews.items() if now - v[1] < REVIEW_CACHE_SECONDS
+        }
+        self._reviews[digest] = (bound, now)
+        return bound
+
+    def _accept_served(self, namespace: str, pod_name: str, pod: PodIdentity, body: bytes) -> str:
+        """A server pod of an InferenceService reports the step it serves."""
+        service = self._services((namespace, pod.service))
+        if service is None:
+            raise Refused(403, f"pod {namespace}/{pod_name} serves no known InferenceService")
+        try:
+            step = json.loads(body).get(contract.SERVED_STEP_KEY)
+        except (ValueError, RecursionError, AttributeError):
+            step = None
+        if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= 2**53:
+            raise Refused(400, f'expected {{"{contract.SERVED_STEP_KEY}": <step>}}')
+        uid = service["metadata"]["uid"]
+        delay = self._store.put_served(uid, pod_name, step, time.monotonic())
+        self._enqueue_service((namespace, pod.service), delay)
+        return f"InferenceService {namespace}/{pod.service}"
 
 
 async def serve(receiver: ProgressReceiver, host: str, port: int) -> web.AppRunner:

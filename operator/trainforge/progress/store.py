@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from trainforge.progress.policy import next_write_delay
+from trainforge.progress.policy import lowest_served_step, next_write_delay
 
 Report = tuple[int, dict[str, Any]]  # (restart attempt of the reporting pod, sanitised record)
 
@@ -20,6 +20,8 @@ class ProgressStore:
         self._interval = interval
         self._reports: dict[str, Report] = {}
         self._flush: dict[str, float] = {}  # when each job's reconcile was last scheduled
+        # InferenceService uid -> server pod name -> (served step, time.monotonic()).
+        self._served: dict[str, dict[str, tuple[int, float]]] = {}
         self._lock = threading.Lock()  # the receiver runs on the loop, runners in threads
 
     def put(self, uid: str, report: Report, now: float) -> float:
@@ -34,6 +36,22 @@ class ProgressStore:
             self._flush[uid] = now + delay
             return delay
 
+    def put_served(self, uid: str, pod: str, step: int, now: float) -> float:
+        """Keep the step server `pod` of InferenceService `uid` serves; returns the delay
+        after which to reconcile the service (as for `put`)."""
+        with self._lock:
+            self._served.setdefault(uid, {})[pod] = (step, now)
+            scheduled = self._flush.get(uid)
+            if scheduled is not None and scheduled > now:
+                return scheduled - now
+            delay = next_write_delay(scheduled, now, self._interval)
+            self._flush[uid] = now + delay
+            return delay
+
+    def served_step(self, uid: str, now: float) -> int | None:
+        with self._lock:
+            return lowest_served_step(self._served.get(uid, {}), now)
+
     def get(self, uid: str) -> Report | None:
         with self._lock:
             return self._reports.get(uid)
@@ -42,6 +60,7 @@ class ProgressStore:
         with self._lock:
             self._reports.pop(uid, None)
             self._flush.pop(uid, None)
+            self._served.pop(uid, None)
 
     def __len__(self) -> int:
         return len(self._reports)

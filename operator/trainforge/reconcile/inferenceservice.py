@@ -123,6 +123,8 @@ class Observed:
     in_flight: dict[str, str] = field(default_factory=dict)
     # (kubelet reason, message) of server pods whose container cannot start (pods.py).
     pods_cannot_start: list[tuple[str, str]] = field(default_factory=list)
+    # The lowest step the server replicas report serving (progress/store.py); None: unknown.
+    served_step: int | None = None
 
 
 @dataclass
@@ -267,6 +269,8 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
 
     resolution = resolve_model(namespace, spec, obs.job)
     status["model"] = resolution.model
+    if obs.served_step is not None and resolution.model is not None:  # served-step hook
+        status["model"] = {**resolution.model, "servedStep": obs.served_step}
     mount = resolution.mount
     if mount is not None and obs.claim_exists is False:
         resolution = Resolution(

@@ -19,6 +19,7 @@ from typing import Any
 from trainforge import contract
 from trainforge.api.inferenceservice import KIND, InferenceServiceSpec
 from trainforge.render.merge import merge
+from trainforge.render.progress import progress_env, progress_mount, progress_volume
 from trainforge.render.trainingjob import GPU_TAINT_KEY, RenderSettings, spec_hash
 
 CHECKPOINT_VOLUME = "checkpoints"
@@ -167,7 +168,7 @@ def server_container(
         "name": contract.SERVE_CONTAINER_NAME,
         "image": spec.image or settings.default_image,
         "command": ["python", "-m", SERVER_MODULE, "serve"],
-        "env": server_env(name, spec, mount),
+        "env": server_env(name, spec, mount) + progress_env(settings.progress_url),
         "ports": [
             {
                 "name": contract.SERVE_PORT_NAME,
@@ -180,7 +181,8 @@ def server_container(
     if resources:
         container["resources"] = resources
     container["volumeMounts"] = [
-        {"name": CHECKPOINT_VOLUME, "mountPath": mount.mount_path, "readOnly": True}
+        {"name": CHECKPOINT_VOLUME, "mountPath": mount.mount_path, "readOnly": True},
+        *progress_mount(settings.progress_url),  # served-step push hook (render/progress.py)
     ]
     # The server listens within seconds of starting (importing torch, initialising CUDA) and
     # is live from then on; loading the weights only holds readiness back. The startup probe
@@ -213,7 +215,8 @@ def deployment(
             {
                 "name": CHECKPOINT_VOLUME,
                 "persistentVolumeClaim": {"claimName": mount.claim_name, "readOnly": True},
-            }
+            },
+            *progress_volume(settings.progress_url),
         ],
     }
     if spec.resources.gpus:
