@@ -175,7 +175,8 @@ def test_a_running_workers_progress_and_checkpoint_reach_status_and_serving(
     env = {e["name"]: e.get("value") for e in server["spec"]["containers"][0]["env"]}
     assert env["TRAINFORGE_PROGRESS_URL"] == progress_url
     token = pod_token(kubectl, namespace, server["metadata"]["name"])
-    code, body = push_progress(progress_url, token, {"servedStep": 100})
+    # (Under a reload policy it also names the newest step it refused as worse.)
+    code, body = push_progress(progress_url, token, {"servedStep": 100, "skippedStep": 120})
     assert code == 200 and f"InferenceService {namespace}/llm-serve" in body
     model = wait_for(
         lambda: (
@@ -189,7 +190,7 @@ def test_a_running_workers_progress_and_checkpoint_reach_status_and_serving(
         "status.model.servedStep from the server's report",
         timeout=35,
     )
-    assert model["step"] == 100  # type: ignore[index]
+    assert model["step"] == 100 and model["skippedStep"] == 120  # type: ignore[index]
 
 
 def test_a_pod_reports_only_for_its_own_job(

@@ -23,6 +23,7 @@ BASE: dict[str, Any] = {
     "seed": 3,
     "batchSize": 8,
     "logEverySteps": 5,
+    "evalEverySteps": 10,
     "checkpoint": {"everySteps": 10},
     "model": {"inputDim": 16, "hiddenDim": 32, "layers": 2, "numClasses": 4},
     "data": {"samples": 512},
@@ -68,6 +69,10 @@ def test_rank_0_pushes_progress_with_the_pod_token_and_gloo_reports_sockets(
     assert last["checkpoint"]["step"] == 20
     assert "etaSeconds" in last
     assert json.loads(job.termination[0].read_text())["transport"] == "Socket"
+    # Each checkpoint's manifest carries the validation results of its step (reload gate).
+    manifest = json.loads((tmp_path / "ckpt" / "step-00000010" / "manifest.json").read_text())
+    assert manifest["metricsStep"] == 10
+    assert manifest["metrics"]["val_loss"] > 0 and 0 <= manifest["metrics"]["val_accuracy"] <= 1
 
 
 # Lines as NCCL 2.18-2.21 prints them with NCCL_DEBUG=INFO (hosts and addresses changed).

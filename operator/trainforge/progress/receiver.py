@@ -177,15 +177,26 @@ class ProgressReceiver:
         if service is None:
             raise Refused(403, f"pod {namespace}/{pod_name} serves no known InferenceService")
         try:
-            step = json.loads(body).get(contract.SERVED_STEP_KEY)
-        except (ValueError, RecursionError, AttributeError):
-            step = None
-        if not isinstance(step, int) or isinstance(step, bool) or not 0 <= step <= 2**53:
+            record = json.loads(body)
+        except (ValueError, RecursionError):
+            record = None
+        if not isinstance(record, dict) or not _step(record.get(contract.SERVED_STEP_KEY)):
             raise Refused(400, f'expected {{"{contract.SERVED_STEP_KEY}": <step>}}')
+        skipped = record.get(contract.SKIPPED_STEP_KEY)
         uid = service["metadata"]["uid"]
-        delay = self._store.put_served(uid, pod_name, step, time.monotonic())
+        delay = self._store.put_served(
+            uid,
+            pod_name,
+            record[contract.SERVED_STEP_KEY],
+            skipped if _step(skipped) else None,
+            time.monotonic(),
+        )
         self._enqueue_service((namespace, pod.service), delay)
         return f"InferenceService {namespace}/{pod.service}"
+
+
+def _step(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 2**53
 
 
 async def serve(receiver: ProgressReceiver, host: str, port: int) -> web.AppRunner:

@@ -22,6 +22,7 @@ class ProgressStore:
         self._flush: dict[str, float] = {}  # when each job's reconcile was last scheduled
         # InferenceService uid -> server pod name -> (served step, time.monotonic()).
         self._served: dict[str, dict[str, tuple[int, float]]] = {}
+        self._skipped: dict[str, int] = {}  # InferenceService uid -> newest skipped step
         self._lock = threading.Lock()  # the receiver runs on the loop, runners in threads
 
     def put(self, uid: str, report: Report, now: float) -> float:
@@ -36,11 +37,14 @@ class ProgressStore:
             self._flush[uid] = now + delay
             return delay
 
-    def put_served(self, uid: str, pod: str, step: int, now: float) -> float:
-        """Keep the step server `pod` of InferenceService `uid` serves; returns the delay
-        after which to reconcile the service (as for `put`)."""
+    def put_served(self, uid: str, pod: str, step: int, skipped: int | None, now: float) -> float:
+        """Keep the step server `pod` of InferenceService `uid` serves (and the newest it
+        refused under a reload policy); returns the delay after which to reconcile the
+        service (as for `put`)."""
         with self._lock:
             self._served.setdefault(uid, {})[pod] = (step, now)
+            if skipped is not None:
+                self._skipped[uid] = max(skipped, self._skipped.get(uid, skipped))
             scheduled = self._flush.get(uid)
             if scheduled is not None and scheduled > now:
                 return scheduled - now
@@ -48,9 +52,10 @@ class ProgressStore:
             self._flush[uid] = now + delay
             return delay
 
-    def served_step(self, uid: str, now: float) -> int | None:
+    def served_step(self, uid: str, now: float) -> tuple[int | None, int | None]:
+        """(lowest step the replicas serve, newest step one of them skipped)."""
         with self._lock:
-            return lowest_served_step(self._served.get(uid, {}), now)
+            return lowest_served_step(self._served.get(uid, {}), now), self._skipped.get(uid)
 
     def get(self, uid: str) -> Report | None:
         with self._lock:
@@ -61,6 +66,7 @@ class ProgressStore:
             self._reports.pop(uid, None)
             self._flush.pop(uid, None)
             self._served.pop(uid, None)
+            self._skipped.pop(uid, None)
 
     def __len__(self) -> int:
         return len(self._reports)

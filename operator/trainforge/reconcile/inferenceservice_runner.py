@@ -74,7 +74,7 @@ class InferenceServiceRunner:
         children: ChildrenLookup,
         settings: RenderSettings,
         pods_cannot_start: PodProblemsLookup,
-        served: Callable[[str], int | None] = lambda uid: None,
+        served: Callable[[str], tuple[int | None, int | None]] = lambda uid: (None, None),
     ) -> None:
         self._served = served  # served-step hook: the step the servers report (progress/)
         self._services = services

@@ -136,6 +136,12 @@ def server_env(name: str, spec: InferenceServiceSpec, mount: ModelMount) -> list
         _env(contract.ENV_SERVE_MAX_BATCH_DELAY_MS, server.max_batch_delay_ms),
         _env(contract.ENV_SERVE_QUANTIZE, server.quantize),
     ]
+    policy = spec.model.reload_policy
+    if policy is not None:
+        env += [
+            _env(contract.ENV_SERVE_RELOAD_METRIC, policy.metric),
+            _env(contract.ENV_SERVE_RELOAD_MODE, policy.mode),
+        ]
     return env + [var.to_json() for var in spec.env]
 
 
