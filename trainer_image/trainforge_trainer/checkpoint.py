@@ -232,7 +232,11 @@ class Checkpointer:
         attempt: str,
         on_commit: Callable[[CommittedCheckpoint, SaveTimes], None],
         on_blocked: Callable[[float], None] = lambda seconds: None,
+        validation: Callable[[], dict[str, Any]] = dict,
     ) -> None:
+        # The manifest's validation metrics (contract.MANIFEST_METRICS), as of save().
+        self.validation = validation
+        self._validation_at: dict[int, dict[str, Any]] = {}
         self.directory = directory
         self.dist = dist_env
         self.trainer_config = trainer_config
@@ -278,6 +282,7 @@ class Checkpointer:
         """Start (async) or do (sync) a save of `state` at `step`."""
         started = time.perf_counter()
         self.wait()
+        self._validation_at = {step: self.validation()}
         tmp = self.directory / (
             f"{contract.CHECKPOINT_TMP_PREFIX}{contract.checkpoint_dir_name(step)}-{self.attempt}"
         )
@@ -378,6 +383,7 @@ class Checkpointer:
             "bytes": sum(f["bytes"] for f in files.values()),
             "config": self.trainer_config,
             "files": files,
+            **self._validation_at.pop(step, {}),
         }
         _write_durably(tmp / contract.CHECKPOINT_MANIFEST, json.dumps(manifest, indent=1))
         _fsync_dir(tmp)

@@ -40,7 +40,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from trainforge import contract
-from trainforge_trainer import checkpoint, distributed, logs
+from trainforge_trainer import checkpoint, distributed, logs, transport
 from trainforge_trainer import config as config_mod
 from trainforge_trainer.checkpoint import Checkpointer, CommittedCheckpoint, SaveTimes
 from trainforge_trainer.config import ConfigError, TrainerConfig
@@ -53,6 +53,7 @@ from trainforge_trainer.metrics import (
     serve,
     termination_message_path,
 )
+from trainforge_trainer.push import ProgressPusher
 from trainforge_trainer.recipes import Recipe, build_recipe
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -159,6 +160,7 @@ class Trainer:
         self._val_step: int | None = None
         self._last_committed: CommittedCheckpoint | None = None
         self._peak_flops = peak_flops(torch.cuda.get_device_name(self.device)) if on_gpu else None
+        self._val_metrics: dict[str, float] = {}  # the last validation, as val_<name>
         self.samples_per_step = cfg.batchSize * cfg.gradAccumSteps * self.dist.world_size
 
         # Telemetry: metrics and /progress on rank 0; the termination message on every pod.
@@ -170,6 +172,11 @@ class Trainer:
             termination_message_path(env) if self.dist.local_rank == 0 else None,
         )
         self._server = self._serve_metrics()
+        self._transport: str | None = None
+        # Live progress to the operator (push.py): rank 0 only, when the operator asked for it.
+        self._pusher = (
+            ProgressPusher.from_env(env, self._progress_to_push) if self.dist.is_main else None
+        )
 
         ckpt_dir = Path(env.get(contract.ENV_CHECKPOINT_DIR, contract.DEFAULT_CHECKPOINT_MOUNT))
         self.checkpointer = Checkpointer(
@@ -181,6 +188,7 @@ class Trainer:
             attempt=env.get(contract.ENV_RESTART_ATTEMPT, "0"),
             on_commit=self._on_commit,
             on_blocked=self._on_checkpoint_blocked,
+            validation=self._validation_for_manifest,
         )
         self._last_save_time = time.monotonic()
         # Training-mode forward passes update buffers such as BatchNorm statistics.
@@ -220,6 +228,20 @@ class Trainer:
             # Metrics are not worth failing a training run for.
             logs.warning("metrics_server_failed", port=port, reason=str(exc))
             return None
+
+    def _validation_for_manifest(self) -> dict[str, Any]:
+        """The newest validation results, for quality-gated reload in the servers."""
+        if not self._val_metrics or self._val_step is None:
+            return {}
+        return {
+            contract.MANIFEST_METRICS: dict(self._val_metrics),
+            contract.MANIFEST_METRICS_STEP: self._val_step,
+        }
+
+    def _progress_to_push(self) -> dict[str, Any]:
+        """Nothing before the first step: a step 0 would start the progress deadline early."""
+        record = self.progress.snapshot()
+        return record if record.get("step") else {}
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._stop_requested = True
@@ -314,6 +336,8 @@ class Trainer:
                 self.metrics.checkpoint_bytes_total.inc(committed.manifest["bytes"])
         self.progress.update(checkpoint=committed.record())
         self.progress.write()
+        if self._pusher is not None:
+            self._pusher.wake()  # a committed checkpoint is news for serving: push it now
         if times is not None:
             logs.event(
                 "checkpoint_committed",
@@ -425,6 +449,8 @@ class Trainer:
             result["accuracy"] = correct / count
         elif self.recipe.metric == "perplexity":
             result["perplexity"] = math.exp(min(result["loss"], 50.0))
+        if split == "val":
+            self._val_metrics = {f"val_{k}": v for k, v in result.items() if math.isfinite(v)}
         logs.event(
             "eval", split=split, step=self.step, **{k: round(v, 6) for k, v in result.items()}
         )
@@ -553,8 +579,17 @@ class Trainer:
             mfu = achieved / (self._peak_flops * self.dist.world_size)
             fields["mfu"] = round(mfu, 4)
         logs.event("progress", **fields)
+        remaining = max(0, self.cfg.maxSteps - self.step)
+        if self._transport is None and self.dist.is_main:
+            # Known once the first collectives ran (NCCL connects lazily).
+            self._transport = transport.detect(self.device.type == "cuda", self.dist.nccl_log)
+            if self._transport:
+                self.progress.update(transport=self._transport)
         self.progress.update(
-            step=self.step, loss=fields["loss"], samplesPerSecond=fields["samplesPerSecond"]
+            step=self.step,
+            loss=fields["loss"],
+            samplesPerSecond=fields["samplesPerSecond"],
+            etaSeconds=round(remaining * elapsed / steps, 1),
         )
         self.progress.write()
         if self.metrics is not None:
@@ -571,6 +606,8 @@ class Trainer:
         finally:
             if self._server is not None:
                 self._server.shutdown()
+            if self._pusher is not None:
+                self._pusher.close()
             distributed.teardown()
 
 

@@ -78,6 +78,19 @@ Runtime = Literal["trainforge", "vllm"]
 # --- model source ----------------------------------------------------------------------------
 
 
+class ReloadPolicy(ApiModel):
+    """Quality-gated reload: the servers switch to a newer checkpoint only when the metric
+    in its manifest (the trainer records its newest validation results there) is no worse
+    than the served checkpoint's. Skipped steps show in status.model.skippedStep and the
+    trainforge_serve_skipped_step metric."""
+
+    metric: str = Field(max_length=63, pattern=r"^[a-z][a-z0-9_]*$")
+    """Manifest metric to compare, e.g. val_loss, val_accuracy or val_perplexity (the
+    bundled trainer writes val_<name> for each validation result)."""
+    mode: Literal["min", "max"] = "min"
+    """min: lower is better (losses); max: higher is better (accuracy)."""
+
+
 class ModelSource(ApiModel):
     """Which checkpoints to serve: those of a TrainingJob, or a directory on a PVC. The server
     serves the newest committed checkpoint there and hot-reloads newer ones."""
@@ -111,6 +124,9 @@ class ModelSource(ApiModel):
     the root. Only with claimName."""
     name: str | None = Field(default=None, max_length=128, pattern=MODEL_NAME_PATTERN)
     """Model name clients use in /v2/models/{name}; default: the InferenceService's name."""
+    reload_policy: ReloadPolicy | None = None
+    """Switch to a newer checkpoint only when it is no worse on a validation metric; unset:
+    always serve the newest committed checkpoint."""
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSource:
@@ -441,6 +457,13 @@ class ModelStatus(ApiModel):
     """Training step of the TrainingJob's newest committed checkpoint."""
     training_job: str | None = Field(default=None, max_length=253)
     """The TrainingJob the checkpoints come from."""
+    served_step: int | None = Field(default=None, ge=0, le=2**53)
+    """The step the servers actually serve: the lowest one any replica reported in the last
+    5 minutes (each replica reports after every load and every minute). Follows a reload
+    within 30 s."""
+    skipped_step: int | None = Field(default=None, ge=0, le=2**53)
+    """With model.reloadPolicy: the newest step a server refused as worse than the one it
+    serves."""
 
 
 class InferenceServiceStatus(ApiModel):

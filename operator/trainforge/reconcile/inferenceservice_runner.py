@@ -74,7 +74,9 @@ class InferenceServiceRunner:
         children: ChildrenLookup,
         settings: RenderSettings,
         pods_cannot_start: PodProblemsLookup,
+        served: Callable[[str], tuple[int | None, int | None]] = lambda uid: (None, None),
     ) -> None:
+        self._served = served  # served-step hook: the step the servers report (progress/)
         self._services = services
         self._jobs = jobs
         self._children = children
@@ -122,6 +124,7 @@ class InferenceServiceRunner:
             blocked=list(memory.blocked.values()),
             in_flight=self._in_flight(children, memory),
             pods_cannot_start=sorted(self._pods_cannot_start((namespace, meta["name"]))),
+            served_step=self._served(meta["uid"]),
         )
         result = plan(observed, self._settings)
         self._apply(service, result, memory, {child.kind for child in children})

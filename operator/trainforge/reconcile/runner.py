@@ -22,6 +22,8 @@ from typing import Any
 
 from trainforge import contract, kube, metrics, workqueue
 from trainforge.api.common import InvalidSpec
+from trainforge.progress.policy import WRITE_INTERVAL_SECONDS, next_write_delay, progress_only
+from trainforge.progress.store import Report
 from trainforge.reconcile.children import Problem, write_child
 from trainforge.reconcile.trainingjob import (
     TERMINAL,
@@ -72,6 +74,8 @@ class Memory:
     created_kinds: set[str] = field(default_factory=set)
     # What stopped the last attempt to create children (reconcile/children.py).
     rejected: list[Problem] = field(default_factory=list)
+    # time.monotonic() of the last status write (the progress write rate-limit).
+    last_write: float | None = None
 
 
 # What to change when the API server refuses a child of this kind.
@@ -90,7 +94,9 @@ class TrainingJobRunner:
         pods: PodsLookup,
         children: ChildrenLookup,
         settings: RenderSettings,
+        live: Callable[[str], Report | None] = lambda uid: None,
     ) -> None:
+        self._live = live  # live progress hook: the newest pushed report of a job uid
         self._jobs = jobs
         self._pods = pods
         self._children = children
@@ -132,6 +138,7 @@ class TrainingJobRunner:
             missing_references=self._missing_references(job, status),
             children_present=self._children_present(job, memory),
             rejected=memory.rejected,
+            live=self._live(job["metadata"]["uid"]),
         )
         result = plan(observed, self._settings)
         before = memory.rejected
@@ -276,8 +283,17 @@ class TrainingJobRunner:
     def _write_status(
         ref: kube.Ref, old_status: dict[str, Any], result: Plan, memory: Memory
     ) -> None:
-        """Merge-patch the status when it changed (removed keys become nulls)."""
+        """Merge-patch the status when it changed (removed keys become nulls); a change of
+        live progress alone waits for the per-job write interval (progress/policy.py)."""
         if result.status != old_status:
+            if progress_only(old_status, result.status):
+                wait = next_write_delay(memory.last_write, time.monotonic(), WRITE_INTERVAL_SECONDS)
+                if wait > 0:
+                    metrics.PROGRESS_STATUS_WRITES.labels("postponed").inc()
+                    result.requeue_after = min(wait, result.requeue_after or wait)
+                    return
+                metrics.PROGRESS_STATUS_WRITES.labels("written").inc()
+            memory.last_write = time.monotonic()
             patch = {**{k: None for k in old_status if k not in result.status}, **result.status}
             updated = kube.patch_status(ref, patch)
             memory.written_status = updated.get("status", result.status)

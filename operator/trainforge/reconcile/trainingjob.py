@@ -22,8 +22,15 @@ from trainforge import contract
 from trainforge.api import InvalidSpec, TrainingJobSpec, parse_training_job_spec
 from trainforge.api.common import ApiModel
 from trainforge.api.trainingjob import CheckpointStatus, Progress
+from trainforge.progress.policy import hang_check, merge_live
 from trainforge.reconcile.conditions import Cond, merge_conditions, stalled_event
 from trainforge.reconcile.pods import cannot_start
+from trainforge.reconcile.rdma import (
+    NETWORK_STATUS_ANNOTATION,
+    Attachments,
+    parse_network_status,
+    rdma_readback,
+)
 from trainforge.render.trainingjob import (
     JobRef,
     RenderSettings,
@@ -55,6 +62,8 @@ class PodView:
     progress: dict[str, Any] | None = None
     # (kubelet reason, message) when a container cannot start (reconcile/pods.py).
     cannot_start: tuple[str, str] | None = None
+    # Networks Multus attached (reconcile/rdma.py); None without a network-status annotation.
+    networks: Attachments | None = None
 
     @property
     def active(self) -> bool:
@@ -90,17 +99,20 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
         else "",
         spec_hash=meta.get("annotations", {}).get(contract.ANNOTATION_SPEC_HASH, ""),
-        progress=_progress(terminated.get("message") if terminated else None),
+        progress=sanitised_progress(terminated.get("message") if terminated else None),
         cannot_start=cannot_start(pod),
+        networks=parse_network_status(
+            meta.get("annotations", {}).get(NETWORK_STATUS_ANNOTATION)
+        ),  # RDMA readback hook
     )
 
 
 # The kubelet keeps at most 4 KiB of a termination message; anything longer is not the trainer's.
 MAX_TERMINATION_MESSAGE = 4096
-PROGRESS_FIELDS = ("step", "totalSteps", "loss", "samplesPerSecond")
+PROGRESS_FIELDS = ("step", "totalSteps", "loss", "samplesPerSecond", "etaSeconds", "transport")
 
 
-def _progress(message: str | None) -> dict[str, Any] | None:
+def sanitised_progress(message: str | None) -> dict[str, Any] | None:
     """The trainer's progress record from a termination message (contract.py), sanitised.
 
     The message is written by the worker, so it is untrusted: every field is checked against
@@ -159,6 +171,8 @@ class Observed:
     # server refused one (validation, an admission plugin) or its name is taken by an object
     # this job does not control (reconcile/children.py).
     rejected: list[tuple[str, str]] = field(default_factory=list)
+    # The newest pushed live report (restart attempt, sanitised record): progress/store.py.
+    live: tuple[int, dict[str, Any]] | None = None
 
 
 @dataclass
@@ -205,6 +219,7 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
     current = [p for p in obs.pods if p.attempt == attempt and not p.deleting]
     stale = [p for p in obs.pods if p.attempt != attempt and not p.deleting]
     _record_progress(status, obs.pods)
+    merge_live(status, old, obs.live, rfc3339(now))  # live progress hook (progress/policy.py)
 
     def finish(new_phase: str, conditions: list[Cond]) -> Plan:
         status["phase"] = new_phase
@@ -361,10 +376,27 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
 
     running = [p for p in current if p.phase == "Running"]
     if len(running) == spec.workers:
+        hung, wait = hang_check(old, status, now, spec.failure_policy)  # hang detection hook
+        if hung:
+            return _no_progress(result, obs, spec, hung, finish)
+        result.requeue_after = _sooner(result.requeue_after, wait)
         result.became_running = phase != RUNNING
+        rdma = rdma_readback(  # RDMA readback hook (reconcile/rdma.py)
+            spec,
+            meta["namespace"],
+            [(p.name, p.networks) for p in running],
+            status.get("progress", {}).get("transport"),
+        )
+        if rdma.networks:
+            status["networks"] = rdma.networks
+        if rdma.failure:
+            return _fail(result, obs, "RDMARequired", rdma.failure, finish)
         return finish(
             RUNNING,
-            [Cond(RUNNING, True, "AllWorkersRunning", f"all {spec.workers} workers are running")],
+            [
+                Cond(RUNNING, True, "AllWorkersRunning", f"all {spec.workers} workers are running"),
+                *rdma.conditions,
+            ],
         )
     stuck = [p.cannot_start for p in current if p.cannot_start]
     if stuck:
@@ -446,6 +478,20 @@ def _on_failure(
         f"({restarts + 1}/{limit}) from the last checkpoint",
         finish=finish,
     )
+
+
+def _no_progress(result: Plan, obs: Observed, spec: TrainingJobSpec, why: str, finish: Any) -> Plan:
+    """A hung gang (progress/policy.py) restarts like a failed one, counted."""
+    restarts, limit = result.status["restarts"], spec.failure_policy.max_restarts
+    if restarts >= limit:
+        message = f"{why}; failed after {restarts} restarts (spec.failurePolicy.maxRestarts)"
+        return _fail(result, obs, "NoProgress", message, finish)
+    message = f"{why}; restarting the whole gang ({restarts + 1}/{limit}) from the last checkpoint"
+    return _restart(result, obs, counted=True, reason="NoProgress", message=message, finish=finish)
+
+
+def _sooner(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 def _lost_workers(
@@ -557,9 +603,7 @@ def _record_progress(status: dict[str, Any], pods: list[PodView]) -> None:
             continue
         if record["step"] >= status.get("progress", {}).get("step", -1):
             status["progress"] = {
-                k: record[k]
-                for k in ("step", "totalSteps", "loss", "samplesPerSecond")
-                if record.get(k) is not None
+                k: record[k] for k in PROGRESS_FIELDS if record.get(k) is not None
             }
         checkpoint = record.get("checkpoint")
         if (

@@ -20,6 +20,7 @@ from trainforge import contract
 from trainforge.api.inferenceservice import KIND, InferenceServiceSpec
 from trainforge.render import security
 from trainforge.render.merge import merge
+from trainforge.render.progress import progress_env, progress_mount, progress_volume
 from trainforge.render.trainingjob import GPU_TAINT_KEY, RenderSettings, spec_hash
 
 CHECKPOINT_VOLUME = "checkpoints"
@@ -140,6 +141,12 @@ def server_env(name: str, spec: InferenceServiceSpec, mount: ModelMount) -> list
         _env(contract.ENV_SERVE_QUANTIZE, server.quantize),
         *security.scratch_env(),
     ]
+    policy = spec.model.reload_policy
+    if policy is not None:
+        env += [
+            _env(contract.ENV_SERVE_RELOAD_METRIC, policy.metric),
+            _env(contract.ENV_SERVE_RELOAD_MODE, policy.mode),
+        ]
     user = [var.to_json() for var in spec.env]
     overridden = {var["name"] for var in user}
     return [var for var in env if var["name"] not in overridden] + user
@@ -199,7 +206,7 @@ def server_container(
         "env": (
             [_env("HF_HUB_OFFLINE", 1), *(var.to_json() for var in spec.env)]
             if vllm
-            else server_env(name, spec, mount)
+            else server_env(name, spec, mount) + progress_env(settings.progress_url)
         ),
         "ports": [
             {
@@ -215,6 +222,7 @@ def server_container(
     container["volumeMounts"] = [
         {"name": CHECKPOINT_VOLUME, "mountPath": mount.mount_path, "readOnly": True},
         security.scratch_mount(),
+        *progress_mount(settings.progress_url),  # served-step push hook (render/progress.py)
     ]
     container["securityContext"] = security.container_security_context()
     # The server listens within seconds of starting (importing torch, initialising CUDA) and
@@ -252,6 +260,7 @@ def deployment(
                 "persistentVolumeClaim": {"claimName": mount.claim_name, "readOnly": True},
             },
             security.scratch_volume(),
+            *progress_volume(settings.progress_url),
         ],
     }
     if spec.resources.gpus:

@@ -23,6 +23,7 @@ from trainforge import contract
 from trainforge.api.trainingjob import KIND, TrainingJobSpec
 from trainforge.render import security
 from trainforge.render.merge import merge
+from trainforge.render.progress import progress_env, progress_mount, progress_volume
 
 # --- gang scheduling integrations (their own API contracts) --------------------------------
 VOLCANO_API_VERSION = "scheduling.volcano.sh/v1beta1"
@@ -69,6 +70,8 @@ class RenderSettings:
 
     default_image: str = DEFAULT_TRAINER_IMAGE
     """Trainer image for jobs without spec.image."""
+    progress_url: str = ""
+    """Where rank 0 pushes live progress (the operator's progress endpoint); empty: no push."""
 
 
 @dataclass(frozen=True)
@@ -416,7 +419,9 @@ def _trainer_container(
     }
     if spec.args is not None:
         container["args"] = list(spec.args)
-    container["env"] = worker_env(job_name, spec, index, attempt)
+    container["env"] = worker_env(job_name, spec, index, attempt) + progress_env(
+        settings.progress_url
+    )  # live progress hook (render/progress.py)
     container["ports"] = [
         {"name": RENDEZVOUS_PORT_NAME, "containerPort": contract.DEFAULT_MASTER_PORT},
         {"name": METRICS_PORT_NAME, "containerPort": contract.DEFAULT_METRICS_PORT},
@@ -427,7 +432,7 @@ def _trainer_container(
     mounts = [{"name": SHM_VOLUME, "mountPath": contract.SHM_MOUNT}, security.scratch_mount()]
     if spec.checkpoint is not None:
         mounts.append({"name": CHECKPOINT_VOLUME, "mountPath": spec.checkpoint.mount_path})
-    container["volumeMounts"] = mounts
+    container["volumeMounts"] = mounts + progress_mount(settings.progress_url)
     rdma = spec.network.rdma if spec.network else None
     container["securityContext"] = security.container_security_context(
         ipc_lock=rdma is not None and rdma.ipc_lock
@@ -540,7 +545,7 @@ def worker_pod(
         "enableServiceLinks": False,
         "securityContext": security.pod_security_context(),
         "containers": [_trainer_container(job.name, spec, index, attempt, settings)],
-        "volumes": _volumes(job.name, spec),
+        "volumes": _volumes(job.name, spec) + progress_volume(settings.progress_url),
     }
     scheduling = spec.scheduling
     scheduler = (
