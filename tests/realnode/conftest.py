@@ -1,0 +1,78 @@
+"""Fixtures of the real-node tests: a second local control plane, started once per session
+with `cluster.py up --real-node` (a kubelet + containerd node named `localhost`, CoreDNS, the
+project's images built from its Dockerfiles and loaded into the node), where pods really run.
+
+It is separate from the KWOK control plane of tests/conftest.py (whose fake nodes would take
+pods that must run) and uses its own fixture names, so the two never share cached state.
+Only one real node may run per machine; TRAINFORGE_REAL_KUBECONFIG reuses a running one
+(`make cluster-up REAL_NODE=1` prints it) while iterating.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from realnode_helpers import Images, built_images
+
+from kubetest import REPO, Cluster, Kubectl, make_kubectl, wait_for
+
+CLUSTER_SCRIPT = REPO / "hack" / "cluster" / "cluster.py"
+
+
+@pytest.fixture(scope="session")
+def images() -> Images:
+    return built_images()
+
+
+@pytest.fixture(scope="session")
+def real_cluster(images: Images) -> Iterator[Cluster]:
+    reused = os.environ.get("TRAINFORGE_REAL_KUBECONFIG")
+    if reused:
+        yield Cluster(Path(reused), None)
+        return
+    assert os.geteuid() == 0, "the real node needs root (kubelet, containerd, mounts)"
+    state_dir = Path(tempfile.mkdtemp(prefix="trainforge-test-realnode-"))
+    up = subprocess.run(
+        [sys.executable, str(CLUSTER_SCRIPT), "up", "--real-node", "--dir", str(state_dir)],
+        capture_output=True,
+        text=True,
+    )
+    if up.returncode != 0:
+        pytest.fail(f"the real node did not start:\n{up.stderr[-6000:]}")
+    try:
+        yield Cluster(state_dir / "kubeconfig", state_dir)
+    finally:
+        down = subprocess.run(
+            [sys.executable, str(CLUSTER_SCRIPT), "down", "--dir", str(state_dir)],
+            capture_output=True,
+            text=True,
+        )
+        assert down.returncode == 0, down.stderr[-4000:]
+
+
+@pytest.fixture(scope="session")
+def real_kubectl(real_cluster: Cluster) -> Kubectl:
+    """kubectl against the real-node cluster with admin rights."""
+    return make_kubectl(real_cluster.kubeconfig)
+
+
+@pytest.fixture
+def real_namespace(real_kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards (its pods stop on the node)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{slug}-{uuid.uuid4().hex[:5]}"
+    real_kubectl("create", "namespace", name)
+    wait_for(
+        lambda: real_kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
+        "the namespace's default ServiceAccount",
+    )
+    yield name
+    real_kubectl("delete", "namespace", name, "--wait=false", check=False)

@@ -1,0 +1,222 @@
+"""The operator installed by its chart on the real node, running TrainingJobs whose workers
+really run the trainer image: rendezvous through the headless Service's DNS names (CoreDNS),
+gloo, checkpoints on a PersistentVolume, a worker killed for real, a graceful delete, and an
+image that cannot start."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from realnode_helpers import (
+    Images,
+    committed_steps,
+    describe_pods,
+    log_events,
+    status,
+    training_job,
+    volume_dir,
+    wait_phase,
+    workers,
+)
+
+from kubetest import REPO, Cluster, Kubectl, wait_for
+
+pytestmark = pytest.mark.cluster
+
+CHART = REPO / "helm" / "trainforge"
+SYSTEM_NAMESPACE = "trainforge-system"
+
+
+def helm_binary() -> Path:
+    out = subprocess.run(
+        ["bash", str(REPO / "hack/cluster/build.sh")], capture_output=True, text=True, check=True
+    )
+    return Path(out.stdout.strip().splitlines()[-1]) / "helm"
+
+
+@pytest.fixture(scope="session")
+def operator_release(
+    real_cluster: Cluster, real_kubectl: Kubectl, images: Images, tmp_path_factory
+) -> Iterator[str]:
+    """`helm install` of the chart with the locally built images: the operator runs in-cluster
+    as the chart's ServiceAccount, exactly as shipped."""
+    repository, tag = images.operator.rsplit(":", 1)
+    trainer_repository, trainer_tag = images.trainer.rsplit(":", 1)
+    values = tmp_path_factory.mktemp("helm") / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+                "trainerImage": {"repository": trainer_repository, "tag": trainer_tag},
+                "operator": {"resyncSeconds": 10, "logFormat": "plain"},
+            }
+        )
+    )
+    helm = [str(helm_binary()), f"--kubeconfig={real_cluster.kubeconfig}"]
+    install = subprocess.run(
+        [
+            *helm,
+            "install",
+            "tf",
+            str(CHART),
+            f"--namespace={SYSTEM_NAMESPACE}",
+            "--create-namespace",
+            f"--values={values}",
+            "--wait",
+            "--timeout=180s",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert install.returncode == 0, (
+        f"{install.stderr}\n{describe_pods(real_kubectl, SYSTEM_NAMESPACE)}"
+    )
+    yield SYSTEM_NAMESPACE
+    logs = real_kubectl("logs", "-n", SYSTEM_NAMESPACE, "deploy/tf-trainforge", check=False)
+    subprocess.run(
+        [*helm, "uninstall", "tf", f"--namespace={SYSTEM_NAMESPACE}", "--wait"], capture_output=True
+    )
+    assert "Traceback" not in logs.stdout, logs.stdout[-5000:]
+
+
+def test_two_workers_rendezvous_by_dns_train_and_checkpoint_to_the_volume(
+    operator_release: str, real_kubectl: Kubectl, real_namespace: str
+) -> None:
+    ns = real_namespace
+    real_kubectl("apply", "-n", ns, "-f", "-", input=training_job("mlp", steps=200, every=50))
+    done = wait_phase(real_kubectl, ns, "mlp", "Succeeded", timeout=300)
+    assert done["restarts"] == 0
+    assert done["checkpoint"]["step"] == 200, done
+    assert done["workers"]["succeeded"] == 2, done
+    # Rank 1 found rank 0 by the headless Service's DNS name (MASTER_ADDR).
+    pods = workers(real_kubectl, ns, "mlp")
+    env = {e["name"]: e.get("value") for e in pods[1]["spec"]["containers"][0]["env"]}
+    assert env["MASTER_ADDR"].startswith("mlp-worker-0.mlp"), env["MASTER_ADDR"]
+    volume = volume_dir(real_kubectl, ns, "mlp-checkpoints")
+    assert committed_steps(volume) == [150, 200]  # keepLast 2
+    assert (volume / "latest").read_text().strip() == "step-00000200"
+    assert (volume / "step-00000200" / "manifest.json").is_file()
+
+
+def container_id(pod: dict) -> str:
+    return pod["status"]["containerStatuses"][0]["containerID"].removeprefix("containerd://")
+
+
+def test_sigkilled_worker_restarts_the_gang_which_resumes_from_its_checkpoint(
+    operator_release: str, real_cluster: Cluster, real_kubectl: Kubectl, real_namespace: str
+) -> None:
+    ns = real_namespace
+    real_kubectl("apply", "-n", ns, "-f", "-", input=training_job("kill", steps=3000, every=100))
+    volume = volume_dir(real_kubectl, ns, "kill-checkpoints")
+    wait_for(lambda: committed_steps(volume), "a first committed checkpoint", timeout=240)
+    victim = workers(real_kubectl, ns, "kill")[1]
+    # SIGKILL of the container's process, as the kernel's OOM killer would do it.
+    # The real node's containerd (hack/cluster/node.py writes its socket into the lock file).
+    socket = json.loads(Path("/run/trainforge-real-node.lock").read_text())["containerd_socket"]
+    subprocess.run(
+        [
+            "ctr",
+            f"--address={socket}",
+            "-n",
+            "k8s.io",
+            "tasks",
+            "kill",
+            "-s",
+            "SIGKILL",
+            container_id(victim),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    wait_for(
+        lambda: status(real_kubectl, ns, "kill").get("restarts") == 1,
+        "the gang restart after the SIGKILL",
+        timeout=60,
+    )
+    done = wait_phase(real_kubectl, ns, "kill", "Succeeded", timeout=300)
+    assert done["restarts"] == 1, done
+    assert done["checkpoint"]["step"] == 3000
+    pods = workers(real_kubectl, ns, "kill")
+    assert {p["metadata"]["labels"]["trainforge.io/restart-attempt"] for p in pods} == {"1"}
+    resumed = log_events(real_kubectl, ns, pods[0]["metadata"]["name"], "resumed")
+    assert resumed and resumed[0]["step"] > 0, resumed
+    print(f"resumed from step {resumed[0]['step']}")
+
+
+def test_graceful_delete_checkpoints_exits_143_and_is_not_counted(
+    operator_release: str, real_kubectl: Kubectl, real_namespace: str
+) -> None:
+    ns = real_namespace
+    real_kubectl("apply", "-n", ns, "-f", "-", input=training_job("term", steps=3000, every=1000))
+    volume = volume_dir(real_kubectl, ns, "term-checkpoints")
+    wait_for(
+        lambda: (
+            any(
+                log_events(real_kubectl, ns, p["metadata"]["name"], "step")
+                for p in workers(real_kubectl, ns, "term")
+            )
+            or len(
+                [
+                    p
+                    for p in workers(real_kubectl, ns, "term")
+                    if p["status"].get("phase") == "Running"
+                ]
+            )
+            == 2
+        ),
+        "both workers running",
+        timeout=240,
+    )
+    victim = workers(real_kubectl, ns, "term")[1]["metadata"]["name"]
+    # Poll the pod while it terminates: its container's exit code is the trainer's.
+    real_kubectl("delete", "pod", "-n", ns, victim, "--wait=false")
+    exit_codes: list[int] = []
+
+    def terminated() -> bool:
+        out = real_kubectl("get", "pod", "-n", ns, victim, "-o", "json", check=False)
+        if out.returncode != 0:
+            return True  # gone
+        for cs in json.loads(out.stdout)["status"].get("containerStatuses", []):
+            state = cs.get("state", {}).get("terminated")
+            if state:
+                exit_codes.append(state["exitCode"])
+        return False
+
+    wait_for(terminated, f"{victim} to stop", timeout=90, interval=0.2)
+    first_save = committed_steps(volume)
+    assert first_save and first_save[0] % 1000 != 0, (
+        f"no SIGTERM checkpoint between the periodic ones: {first_save}"
+    )
+    if exit_codes:
+        assert exit_codes[-1] == 143, exit_codes
+    done = wait_phase(real_kubectl, ns, "term", "Succeeded", timeout=300)
+    assert done["restarts"] == 0, done
+
+
+def test_a_job_whose_image_cannot_start_says_why(
+    operator_release: str, real_kubectl: Kubectl, real_namespace: str
+) -> None:
+    ns = real_namespace
+    real_kubectl(
+        "apply",
+        "-n",
+        ns,
+        "-f",
+        "-",
+        input=training_job(
+            "noimage", steps=10, every=5, image="localhost/trainforge/no-such-image:1"
+        ),
+    )
+
+    def named() -> str:
+        conditions = status(real_kubectl, ns, "noimage").get("conditions", [])
+        text = " ".join(f"{c.get('reason', '')} {c.get('message', '')}" for c in conditions)
+        return text if ("ImagePull" in text or "ErrImage" in text) else ""
+
+    text = wait_for(named, "a condition naming the image pull failure", timeout=120)
+    assert "no-such-image" in str(text), text
