@@ -47,6 +47,17 @@ CONTAINER_NAME = "trainer"
 # --- volumes ----------------------------------------------------------------------------------
 DEFAULT_CHECKPOINT_MOUNT = "/checkpoints"
 SHM_MOUNT = "/dev/shm"
+# The rendered pods' root filesystem is read-only; this emptyDir is where the processes may
+# write (tempfile, torchrun's logs, torch.compile's inductor and triton caches) and, through
+# HOME, whatever keeps per-user files (~/.cache, ~/.triton). It is also the image's WORKDIR.
+SCRATCH_MOUNT = "/tmp"
+
+# --- the image's user -------------------------------------------------------------------------
+# The numeric non-root uid and gid of the trainer image (trainer_image/Dockerfile) and of the
+# operator image: the rendered pods run as them (runAsNonRoot needs a number) and own the
+# checkpoint volume through fsGroup.
+IMAGE_UID = 65532
+IMAGE_GID = 65532
 
 # --- exit codes -------------------------------------------------------------------------------
 # The trainer exits with this after a SIGTERM-triggered checkpoint: retryable, and not the

@@ -20,7 +20,8 @@ from trainforge import contract, kube
 from trainforge.leader import LeaderElector, LeaseConfig
 from trainforge.reconcile.inferenceservice import ChildView, child_view
 from trainforge.reconcile.inferenceservice_runner import InferenceServiceRunner
-from trainforge.reconcile.runner import Key, TrainingJobRunner
+from trainforge.reconcile.pods import cannot_start
+from trainforge.reconcile.runner import ChildRecord, Key, TrainingJobRunner, child_record
 from trainforge.reconcile.trainingjob import PodView, pod_view
 from trainforge.settings import Settings
 from trainforge.workqueue import WorkQueue
@@ -54,6 +55,24 @@ def trainingjob_pods(
     return {(namespace, labels[contract.LABEL_JOB_NAME]): (owner, pod_view(dict(body)))}
 
 
+def _job_child(namespace: str, labels: kopf.Labels, body: kopf.Body) -> dict[Key, ChildRecord]:
+    return {(namespace, labels[contract.LABEL_JOB_NAME]): child_record(dict(body))}
+
+
+@kopf.index("", "v1", "services", labels=WORKER_LABELS)
+def trainingjob_services(
+    namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, ChildRecord]:
+    return _job_child(namespace, labels, body)
+
+
+@kopf.index("", "v1", "persistentvolumeclaims", labels=WORKER_LABELS)
+def trainingjob_claims(
+    namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, ChildRecord]:
+    return _job_child(namespace, labels, body)
+
+
 @kopf.on.event(contract.GROUP, contract.VERSION, "trainingjobs")
 async def trainingjob_changed(
     type: str, namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any
@@ -63,6 +82,10 @@ async def trainingjob_changed(
     memo.trainingjob_queue.add((namespace, name))
 
 
+@kopf.on.event("", "v1", "services", labels=WORKER_LABELS, id="trainingjob-services-changed")
+@kopf.on.event(
+    "", "v1", "persistentvolumeclaims", labels=WORKER_LABELS, id="trainingjob-claims-changed"
+)
 @kopf.on.event("", "v1", "pods", labels=WORKER_LABELS)
 async def trainingjob_pod_changed(
     namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any
@@ -136,6 +159,24 @@ def inference_disruption_budgets(
     return _inference_child(namespace, labels, body)
 
 
+@kopf.index("", "v1", "pods", labels=INFERENCE_LABELS)
+def inference_pods_cannot_start(
+    namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, tuple[str, str]]:
+    """Server pods whose container cannot start (an empty mapping drops a recovered pod)."""
+    problem = cannot_start(dict(body))
+    return {(namespace, labels[contract.LABEL_INFERENCE_SERVICE]): problem} if problem else {}
+
+
+@kopf.on.event("", "v1", "pods", labels=INFERENCE_LABELS)
+async def inference_pod_changed(
+    namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any
+) -> None:
+    memo.inference_queue.add_after(
+        (namespace, labels[contract.LABEL_INFERENCE_SERVICE]), POD_EVENT_DELAY_SECONDS
+    )
+
+
 @kopf.on.event(contract.GROUP, contract.VERSION, "inferenceservices")
 async def inferenceservice_changed(
     type: str, namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any
@@ -173,11 +214,14 @@ async def start(
     memo: kopf.Memo,
     trainingjobs: kopf.Index[Key, Any],
     trainingjob_pods: kopf.Index[Key, tuple[str, PodView]],
+    trainingjob_services: kopf.Index[Key, ChildRecord],
+    trainingjob_claims: kopf.Index[Key, ChildRecord],
     inferenceservices: kopf.Index[Key, Any],
     inference_deployments: kopf.Index[Key, ChildView],
     inference_services: kopf.Index[Key, ChildView],
     inference_autoscalers: kopf.Index[Key, ChildView],
     inference_disruption_budgets: kopf.Index[Key, ChildView],
+    inference_pods_cannot_start: kopf.Index[Key, tuple[str, str]],
     **_: Any,
 ) -> None:
     config: Settings = memo.settings
@@ -201,6 +245,10 @@ async def start(
     runner = TrainingJobRunner(
         jobs=lambda key: next(iter(trainingjobs.get(key, [])), None),
         pods=lambda key: list(trainingjob_pods.get(key, [])),
+        children=lambda key: [
+            *trainingjob_services.get(key, []),
+            *trainingjob_claims.get(key, []),
+        ],
         settings=config.render,
     )
 
@@ -227,6 +275,7 @@ async def start(
         jobs=lambda key: next(iter(trainingjobs.get(key, [])), None),
         children=lambda key: [child for index in child_indexes for child in index.get(key, [])],
         settings=config.render,
+        pods_cannot_start=lambda key: list(inference_pods_cannot_start.get(key, [])),
     )
 
     async def reconcile_inference(key: Any) -> float | None:
@@ -259,7 +308,7 @@ async def resync(queue: WorkQueue, index: kopf.Index[Key, Any], every: float) ->
     while True:
         await asyncio.sleep(every)
         for key in list(index):
-            queue.add(key)
+            queue.resync(key)
 
 
 @kopf.on.cleanup()

@@ -4,6 +4,11 @@ Events for a TrainingJob arrive from two watch streams (the job and its pods) an
 kopf would run their handlers concurrently. Handlers only enqueue the object's key here;
 a fixed pool of workers reconciles keys, never the same key twice at once, and a key that
 changes while it is being reconciled runs once more afterwards (as client-go's workqueue).
+
+A reconcile that fails (it raises, typically `Backoff`) runs again after a per-key delay that
+doubles with each consecutive failure up to a cap, as client-go's rate-limited queue does: a
+child the API server keeps refusing is not retried every few seconds forever. A watch event
+(the user changed the object) still runs the key at once; the periodic resync does not.
 """
 
 from __future__ import annotations
@@ -18,6 +23,19 @@ logger = logging.getLogger(__name__)
 Reconciler = Callable[[Hashable], Awaitable[float | None]]
 """Reconciles one key; returns seconds until it wants to run again, or None."""
 
+BACKOFF_BASE_SECONDS = 1.0
+BACKOFF_CAP_SECONDS = 300.0
+
+
+class Backoff(Exception):
+    """Raised by a reconcile that could not finish its work (a write the API server refused,
+    an API error): its key runs again after the key's backoff delay, or after
+    `requeue_after` seconds when that is sooner (a deadline that is due)."""
+
+    def __init__(self, reason: str, requeue_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.requeue_after = requeue_after
+
 
 class WorkQueue:
     def __init__(
@@ -26,6 +44,8 @@ class WorkQueue:
         workers: int,
         name: str,
         active: Callable[[], bool] = lambda: True,
+        backoff_base: float = BACKOFF_BASE_SECONDS,
+        backoff_cap: float = BACKOFF_CAP_SECONDS,
     ) -> None:
         self._reconcile = reconcile
         # False while another replica leads: keys are dropped, the new leader's
@@ -39,6 +59,9 @@ class WorkQueue:
         self._dirty: set[Hashable] = set()
         self._timers: dict[Hashable, asyncio.TimerHandle] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        self._backoff_base = backoff_base
+        self._backoff_cap = backoff_cap
+        self._failures: dict[Hashable, int] = {}  # consecutive failed reconciles per key
 
     def add(self, key: Hashable) -> None:
         """Schedule `key`; a no-op when it is already waiting."""
@@ -57,6 +80,11 @@ class WorkQueue:
         if existing:
             existing.cancel()
         self._timers[key] = loop.call_later(delay, self._fire, key)
+
+    def resync(self, key: Hashable) -> None:
+        """Schedule `key` for a periodic resync, unless it is waiting out a backoff."""
+        if key not in self._failures or key not in self._timers:
+            self.add(key)
 
     def _fire(self, key: Hashable) -> None:
         self._timers.pop(key, None)
@@ -89,10 +117,13 @@ class WorkQueue:
             self._running.add(key)
             try:
                 requeue = await self._reconcile(key)
+                self._failures.pop(key, None)
+            except Backoff as e:
+                requeue = self._backoff(key, str(e), e.requeue_after)
             except Exception:
                 # The reconciler reports its own errors; a crash must not kill the worker.
                 logger.exception("%s: reconcile of %s failed", self._name, key)
-                requeue = 5.0
+                requeue = self._backoff(key, "unexpected error", None)
             finally:
                 self._running.discard(key)
             if key in self._dirty:
@@ -100,3 +131,18 @@ class WorkQueue:
                 self.add(key)
             elif requeue is not None:
                 self.add_after(key, requeue)
+
+    def _backoff(self, key: Hashable, reason: str, requeue_after: float | None) -> float:
+        failures = self._failures[key] = self._failures.get(key, 0) + 1
+        delay = min(self._backoff_cap, self._backoff_base * 2 ** min(failures - 1, 32))
+        if requeue_after is not None:
+            delay = min(delay, requeue_after)
+        logger.info(
+            "%s: %s failed %d times in a row (%s); next try in %.0fs",
+            self._name,
+            key,
+            failures,
+            reason,
+            delay,
+        )
+        return delay

@@ -351,7 +351,7 @@ def _serve_from_training_job(kubectl: Kubectl, namespace: str) -> None:
     assert condition(svc, "ModelLoaded")["status"] == "True"
     deployment = get(kubectl, namespace, "deployment", "llm-serve")
     assert deployment is not None
-    (volume,) = deployment["spec"]["template"]["spec"]["volumes"]
+    volume = deployment["spec"]["template"]["spec"]["volumes"][0]
     assert volume["persistentVolumeClaim"] == {"claimName": "llm-checkpoints", "readOnly": True}
     assert server_env(deployment)["TRAINFORGE_CHECKPOINT_DIR"] == "/checkpoints"
     row = kubectl("get", "infsvc", "llm-serve", "-n", namespace, "--no-headers").stdout.split()

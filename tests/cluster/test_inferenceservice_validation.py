@@ -126,6 +126,24 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         ["metadata.name", "it names the Service"],
     ),
     ("unknown-field", manifest(replica=3), ['unknown field "spec.replica"']),
+    (
+        "duplicate-env-name",
+        manifest(
+            model={"claimName": "ckpt"},
+            env=[{"name": "SEED", "value": "1"}, {"name": "SEED", "value": "2"}],
+        ),
+        ["spec.env[1]", "Duplicate value", "SEED"],
+    ),
+    (
+        "request-above-limit",
+        manifest(resources={"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}}),
+        ["spec.resources", "must not exceed resources.limits"],
+    ),
+    (
+        "image-with-whitespace",
+        manifest(model={"claimName": "ckpt"}, image="example.com/server :1"),
+        ["spec.image", "should match"],
+    ),
 ]
 
 

@@ -190,6 +190,40 @@ def test_retryable_failure_restarts_the_whole_gang(
     assert "GangRestarted" in events
 
 
+def test_non_finite_progress_from_a_worker_never_freezes_the_job(
+    operator: Operator, kubectl: Kubectl, namespace: str
+) -> None:
+    """A diverged loss (NaN) and a checkpoint record without a path, as a worker might report
+    them: the gang still restarts and the job still succeeds, with what was valid in status."""
+    apply(kubectl, namespace, job_manifest("diverged", failurePolicy={"maxRestarts": 3}))
+    running_workers(kubectl, namespace, "diverged", 2, attempt=0)
+    end_pod(
+        kubectl,
+        namespace,
+        "diverged-worker-0",
+        1,
+        {"step": 50, "loss": float("nan"), "samplesPerSecond": float("inf"), "checkpoint": {}},
+    )
+    second = running_workers(kubectl, namespace, "diverged", 2, attempt=1)
+    status = get_job(kubectl, namespace, "diverged")["status"]
+    assert status["progress"] == {"step": 50}
+    assert "checkpoint" not in status
+
+    for i, pod in enumerate(second):
+        end_pod(
+            kubectl,
+            namespace,
+            pod["metadata"]["name"],
+            0,
+            {"step": 100, "loss": float("-inf"), "checkpoint": {"step": 100}}
+            if i
+            else {"step": 100, "checkpoint": {"step": 100, "path": "/checkpoints/step-00000100"}},
+        )
+    job = wait_phase(kubectl, namespace, "diverged", "Succeeded")
+    assert job["status"]["progress"] == {"step": 100}
+    assert job["status"]["checkpoint"] == {"step": 100, "path": "/checkpoints/step-00000100"}
+
+
 def test_failures_beyond_max_restarts_fail_for_good(
     operator: Operator, kubectl: Kubectl, namespace: str
 ) -> None:

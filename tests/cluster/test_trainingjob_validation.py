@@ -182,6 +182,60 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         ["spec.failurePolicy.failOnExitCodes[0]", "greater than or equal to 1"],
     ),
     ("unknown-field", manifest(worker=3), ['unknown field "spec.worker"']),
+    (
+        "duplicate-env-name",
+        manifest(env=[{"name": "SEED", "value": "1"}, {"name": "SEED", "value": "2"}]),
+        ["spec.env[1]", "Duplicate value", "SEED"],
+    ),
+    (
+        "duplicate-rdma-network",
+        manifest(network={"rdma": {"networks": [{"name": "rail-0"}, {"name": "rail-0"}]}}),
+        ["spec.network.rdma.networks", "may be listed once"],
+    ),
+    (
+        "image-with-whitespace",
+        manifest(image="example.com/trainer :1"),
+        ["spec.image", "should match"],
+    ),
+    (
+        "checkpoint-size-zero",
+        manifest(checkpoint={"volumeClaimTemplate": {"size": "0Gi"}}),
+        ["spec.checkpoint.volumeClaimTemplate.size", "must be more than 0"],
+    ),
+    (
+        "read-write-once-pod-with-another-mode",
+        manifest(
+            checkpoint={
+                "volumeClaimTemplate": {
+                    "size": "1Gi",
+                    "accessModes": ["ReadWriteOncePod", "ReadWriteMany"],
+                }
+            }
+        ),
+        ["spec.checkpoint.volumeClaimTemplate.accessModes", "ReadWriteOncePod cannot"],
+    ),
+    (
+        "access-mode-twice",
+        manifest(
+            checkpoint={
+                "volumeClaimTemplate": {
+                    "size": "1Gi",
+                    "accessModes": ["ReadWriteMany", "ReadWriteMany"],
+                }
+            }
+        ),
+        ["spec.checkpoint.volumeClaimTemplate.accessModes[1]", "Duplicate value"],
+    ),
+    (
+        "request-above-limit",
+        manifest(resources={"requests": {"cpu": "2"}, "limits": {"cpu": "1500m"}}),
+        ["spec.resources", "must not exceed resources.limits"],
+    ),
+    (
+        "node-selector-value-not-a-label-value",
+        manifest(scheduling={"nodeSelector": {"zone": "eu west"}}),
+        ["spec.scheduling.nodeSelector.zone", "should match"],
+    ),
 ]
 
 

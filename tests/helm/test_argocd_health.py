@@ -141,7 +141,7 @@ TRAININGJOBS = {
         job(
             "Suspended",
             cond("Suspended", True, "Suspended", "spec.suspend is true"),
-            *kstatus(False, False, False, "Suspended"),
+            *kstatus(True, False, False, "Suspended"),
         ),
         "Suspended",
         "spec.suspend is true",

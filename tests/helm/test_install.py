@@ -49,6 +49,10 @@ NOT_EXERCISED: dict[Permission, str] = {
     ): "checked by the OwnerReferencesPermissionEnforcement admission plugin (children carry "
     "blockOwnerDeletion), which the test cluster does not enable"
     for kind in ("trainingjobs", "inferenceservices")
+} | {
+    Permission(group, "podgroups", "get"): "only when a PodGroup's name is already taken, which "
+    "these tests do not provoke"
+    for group in ("scheduling.volcano.sh", "scheduling.x-k8s.io")
 }
 
 

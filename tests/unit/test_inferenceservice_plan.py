@@ -411,3 +411,61 @@ def test_child_view_reads_a_deployment() -> None:
     )
     assert (view.owner_uid, view.spec_hash) == (UID, "abc")
     assert view.rollout == Rollout(4, 4, 3, 2, 2, 3, "timed out")
+
+
+def test_pods_the_api_server_refuses_stall_with_the_plugin_and_its_message() -> None:
+    refused = replace(
+        DONE,
+        ready_replicas=0,
+        available_replicas=0,
+        replica_failure='pods "chat-7d9-x" is forbidden: violates PodSecurity "baseline:latest": '
+        "host namespaces (hostNetwork=true)",
+    )
+    obs = Observed(
+        service(PVC), NOW, claim_exists=True, children=children_for(PVC, PVC_MOUNT, refused)
+    )
+    result = plan(obs, SETTINGS)
+    assert conditions(result)["Stalled"] == ("True", "AdmissionRejected")
+    assert conditions(result)["ModelLoaded"] == ("False", "AdmissionRejected")
+    stalled = next(c for c in result.status["conditions"] if c["type"] == "Stalled")
+    assert stalled["message"].startswith(
+        "the PodSecurity admission plugin refused the pods of Deployment ml/chat: pods "
+    )
+    assert ("Warning", "AdmissionRejected", stalled["message"]) in result.events
+
+
+def test_child_view_reads_a_replica_failure() -> None:
+    view = child_view(
+        {
+            "kind": "Deployment",
+            "metadata": {"name": "chat", "uid": "d"},
+            "status": {
+                "conditions": [
+                    {
+                        "type": "ReplicaFailure",
+                        "status": "True",
+                        "reason": "FailedCreate",
+                        "message": 'pods "chat-1" is forbidden: exceeded quota: q',
+                    }
+                ]
+            },
+        }
+    )
+    assert view.rollout is not None
+    assert view.rollout.replica_failure == 'pods "chat-1" is forbidden: exceeded quota: q'
+
+
+def test_server_pods_that_cannot_start_stall_the_service() -> None:
+    starting = replace(DONE, ready_replicas=0, available_replicas=0)
+    problem = ("CrashLoopBackOff", "pod chat-1 cannot start container server: CrashLoopBackOff: …")
+    obs = Observed(
+        service(PVC),
+        NOW,
+        claim_exists=True,
+        children=children_for(PVC, PVC_MOUNT, starting),
+        pods_cannot_start=[problem],
+    )
+    result = plan(obs, SETTINGS)
+    assert conditions(result)["Stalled"] == ("True", "CrashLoopBackOff")
+    assert conditions(result)["ModelLoaded"] == ("False", "CrashLoopBackOff")
+    assert ("Warning", "CrashLoopBackOff", problem[1]) in result.events

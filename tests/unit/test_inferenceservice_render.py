@@ -81,6 +81,7 @@ def test_server_settings_come_from_the_spec() -> None:
         contract.ENV_SERVE_MAX_BATCH_SIZE: "64",
         contract.ENV_SERVE_MAX_BATCH_DELAY_MS: "10",
         contract.ENV_SERVE_QUANTIZE: "none",
+        "HOME": "/tmp",
         "TRAINFORGE_SERVE_RELOAD_INTERVAL_SECONDS": "30",
     }
     # Without a model name the service's own name is served.
@@ -109,12 +110,15 @@ def test_probes_ready_after_load_live_while_serving_and_patient_at_startup() -> 
 
 def test_the_checkpoint_claim_is_mounted_read_only() -> None:
     pod = render(PVC)["spec"]["template"]["spec"]
-    assert pod["volumes"] == [
-        {"name": "checkpoints", "persistentVolumeClaim": {"claimName": "ckpt", "readOnly": True}}
-    ]
-    assert container(PVC)["volumeMounts"] == [
-        {"name": "checkpoints", "mountPath": "/checkpoints", "readOnly": True}
-    ]
+    assert pod["volumes"][0] == {
+        "name": "checkpoints",
+        "persistentVolumeClaim": {"claimName": "ckpt", "readOnly": True},
+    }
+    assert container(PVC)["volumeMounts"][0] == {
+        "name": "checkpoints",
+        "mountPath": "/checkpoints",
+        "readOnly": True,
+    }
 
 
 def test_gpus_are_requested_and_tolerated() -> None:

@@ -8,7 +8,16 @@ from typing import Any
 import pytest
 
 from trainforge import contract
-from trainforge.reconcile.trainingjob import Observed, Plan, PodView, plan, pod_view
+from trainforge.reconcile.trainingjob import (
+    OTHER_CHILD_KINDS as ALL,
+)
+from trainforge.reconcile.trainingjob import (
+    Observed,
+    Plan,
+    PodView,
+    plan,
+    pod_view,
+)
 from trainforge.render.trainingjob import RenderSettings
 
 NOW = datetime(2026, 11, 23, 12, 0, 0, tzinfo=UTC)
@@ -43,6 +52,7 @@ def pod(index: int, phase: str = "Running", attempt: int = 0, **kw: Any) -> PodV
 
 
 def run(job_: dict[str, Any], pods: list[PodView], now: datetime = NOW, **kw: Any) -> Plan:
+    kw.setdefault("children_present", ALL)  # the service (etc.) exists unless a test says not
     return plan(Observed(job=job_, pods=pods, now=now, **kw), SETTINGS)
 
 
@@ -63,7 +73,7 @@ RUNNING = {
 
 
 def test_new_job_creates_children_then_pods() -> None:
-    result = run(job(), [])
+    result = run(job(), [], children_present=frozenset())
     assert kinds(result) == ["Service", "Pod", "Pod"]
     assert result.status["phase"] == "Pending"
     assert result.status["startTime"] == "2026-11-23T12:00:00Z"
@@ -73,7 +83,9 @@ def test_new_job_creates_children_then_pods() -> None:
 
 
 def test_children_are_not_recreated_once_ensured() -> None:
-    assert kinds(run(job(), [pod(0, "Pending")], children_ensured=True)) == ["Pod"]
+    assert kinds(run(job(), [pod(0, "Pending")], children_present=frozenset({"Service"}))) == [
+        "Pod"
+    ]
 
 
 def test_all_workers_running_is_ready() -> None:
@@ -311,3 +323,191 @@ def test_pod_view_reads_the_trainer_container() -> None:
     view = pod_view(raw)
     assert (view.index, view.attempt, view.exit_code) == (1, 2, 137)
     assert view.progress is None  # a log tail, not the trainer's JSON record
+
+
+def terminated(message: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "llm-worker-0", "labels": {contract.LABEL_WORKER_INDEX: "0"}},
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {
+                    "name": contract.CONTAINER_NAME,
+                    "state": {"terminated": {"exitCode": 1, "message": message}},
+                }
+            ],
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("message", "progress"),
+    [
+        # A diverged loss: json.loads reads NaN/Infinity, the API server refuses them.
+        ('{"step": 7, "loss": NaN, "samplesPerSecond": Infinity}', {"step": 7}),
+        ('{"step": 7, "loss": -Infinity, "totalSteps": 10}', {"step": 7, "totalSteps": 10}),
+        ('{"step": 7, "loss": 1e300}', {"step": 7}),  # beyond the schema's bound
+        ('{"step": 7, "loss": "low", "totalSteps": -1}', {"step": 7}),
+        ('{"step": true, "loss": 1.0}', None),  # bool is not a step
+        ('{"step": 7.5}', None),
+        ('{"step": 9007199254740993}', None),  # beyond 2**53
+        ('{"step": 7, "checkpoint": {"step": 5}}', {"step": 7}),  # no path: dropped whole
+        ('{"step": 7, "checkpoint": {"path": "/c"}}', {"step": 7}),
+        ('{"step": 7, "checkpoint": {"step": NaN, "path": "/c"}}', {"step": 7}),
+        ('{"step": 7, "checkpoint": "/c"}', {"step": 7}),
+        (
+            '{"step": 7, "checkpoint": {"step": 5, "path": "/c", "time": 3, "extra": 1}}',
+            {"step": 7, "checkpoint": {"step": 5, "path": "/c"}},
+        ),
+        ('{"step": 7, "checkpoint": {"step": 5, "path": "' + "x" * 4097 + '"}}', None),
+        ("[1, 2]", None),
+        ("[" * 100_000, None),  # over the kubelet's 4 KiB: not the trainer's record
+        ("[" * 4000, None),
+        ('{"step": 7, "unknown": {"nested": 1}}', {"step": 7}),
+    ],
+)
+def test_untrusted_termination_messages_are_sanitised(
+    message: str, progress: dict[str, Any] | None
+) -> None:
+    assert pod_view(terminated(message)).progress == progress
+
+
+def test_a_non_finite_loss_never_reaches_status() -> None:
+    view = pod_view(terminated('{"step": 40, "loss": NaN, "checkpoint": {"step": 30}}'))
+    status = {**RUNNING, "checkpoint": {"step": 20, "path": "/checkpoints/step-00000020"}}
+    result = run(job(status), [view, pod(1)])
+    assert result.status["progress"] == {"step": 40}
+    assert result.status["checkpoint"] == status["checkpoint"]
+    assert result.status["phase"] == "Restarting"  # the failure is acted on as usual
+
+
+def test_a_refused_child_stalls_the_job_with_one_event() -> None:
+    refused = [("AdmissionRejected", "the ResourceQuota admission plugin refused Pod ml/x: …")]
+    result = run(job(), [], rejected=refused, children_present=frozenset())
+    assert kinds(result) == ["Service", "Pod", "Pod"]  # tried again (the runner backs off)
+    assert result.status["phase"] == "Pending"
+    assert cond(result, "Stalled")["status"] == "True"
+    assert cond(result, "Stalled")["reason"] == "AdmissionRejected"
+    assert cond(result, "Running")["message"] == refused[0][1]
+    assert cond(result, "Reconciling")["status"] == "False"
+    assert result.events == [("Warning", "AdmissionRejected", refused[0][1])]
+
+    again = run(job(result.status), [], rejected=refused)
+    assert again.events == []  # announced once, not on every retry
+
+
+def test_a_refusal_no_longer_matters_once_nothing_is_created() -> None:
+    refused = [("ChildRejected", "the API server rejected Pod ml/x: …")]
+    result = run(job(RUNNING), [pod(0), pod(1)], rejected=refused)
+    assert cond(result, "Stalled")["status"] == "False"
+    assert result.status["phase"] == "Running"
+
+
+@pytest.mark.parametrize("phase", ["Running", "Pending"])
+def test_a_worker_deleted_under_the_gang_restarts_it_uncounted(phase: str) -> None:
+    evicted = pod(1, deleting=True)
+    result = run(job({**RUNNING, "phase": phase}), [pod(0), evicted])
+    assert result.status["phase"] == "Restarting"
+    assert result.status["restartAttempt"] == 1
+    assert result.status["restarts"] == 0
+    assert cond(result, "Restarting")["reason"] == "WorkersDisrupted"
+    assert "llm-worker-1 is being deleted" in cond(result, "Restarting")["message"]
+    assert [p.name for p in result.delete_pods] == ["llm-worker-0"]
+    assert result.create == []
+
+
+def test_a_worker_gone_from_a_running_gang_restarts_it_uncounted() -> None:
+    result = run(job(RUNNING), [pod(0)])
+    assert result.status["phase"] == "Restarting"
+    assert result.status["restarts"] == 0
+    assert "llm-worker-1 is gone" in cond(result, "Restarting")["message"]
+
+
+def test_a_missing_worker_of_a_pending_gang_is_just_created() -> None:
+    result = run(job({**RUNNING, "phase": "Pending"}), [pod(0)])
+    assert result.status["phase"] == "Pending"
+    assert [m["metadata"]["name"] for m in result.create] == ["llm-worker-1"]
+
+
+def test_a_succeeded_worker_being_deleted_is_no_disruption() -> None:
+    result = run(job(RUNNING), [pod(0, "Succeeded", deleting=True), pod(1)])
+    assert result.status["phase"] != "Restarting"
+
+
+def waiting_pod(reason: str, message: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "llm-worker-1", "labels": {contract.LABEL_WORKER_INDEX: "1"}},
+        "status": {
+            "phase": "Pending",
+            "containerStatuses": [
+                {
+                    "name": contract.CONTAINER_NAME,
+                    "state": {"waiting": {"reason": reason, "message": message}},
+                }
+            ],
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("reason", "fix"),
+    [
+        ("ImagePullBackOff", "imagePullSecrets"),
+        ("ErrImagePull", "imagePullSecrets"),
+        ("InvalidImageName", "fix the image name"),
+        ("CreateContainerConfigError", "Secret or ConfigMap"),
+        ("CreateContainerError", "entrypoint"),
+        ("RunContainerError", "entrypoint"),
+        ("CrashLoopBackOff", "kubectl logs --previous"),
+    ],
+)
+def test_a_container_that_cannot_start_stalls_the_job_with_the_kubelets_words(
+    reason: str, fix: str
+) -> None:
+    view = pod_view(waiting_pod(reason, "the kubelet's own words"))
+    result = run(job(RUNNING), [pod(0), view])
+    assert result.status["phase"] == "Pending"
+    stalled = cond(result, "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", reason)
+    assert stalled["message"].startswith(
+        f"pod llm-worker-1 cannot start container trainer: {reason}: the kubelet's own words; "
+    )
+    assert fix in stalled["message"]
+    assert cond(result, "Running")["reason"] == reason
+    assert result.events == [("Warning", reason, stalled["message"])]
+
+
+def test_a_container_still_being_created_is_no_problem() -> None:
+    view = pod_view(waiting_pod("ContainerCreating", ""))
+    result = run(job(RUNNING), [pod(0), view])
+    assert cond(result, "Stalled")["status"] == "False"
+    assert cond(result, "Reconciling")["status"] == "True"
+
+
+def test_a_deleted_headless_service_of_a_running_job_is_created_again() -> None:
+    present = frozenset({"PersistentVolumeClaim"})
+    result = run(job(RUNNING, checkpoint=TEMPLATE), [pod(0), pod(1)], children_present=present)
+    assert kinds(result) == ["Service"]
+    assert result.status["phase"] == "Running"
+
+
+TEMPLATE = {"volumeClaimTemplate": {"size": "1Gi"}}
+
+
+def test_a_deleted_claim_with_committed_checkpoints_is_never_replaced_by_an_empty_one() -> None:
+    status = {**RUNNING, "checkpoint": {"step": 40, "path": "/checkpoints/step-00000040"}}
+    result = run(
+        job(status, checkpoint=TEMPLATE), [pod(0), pod(1)], children_present=frozenset({"Service"})
+    )
+    assert result.create == []
+    stalled = cond(result, "Stalled")
+    assert (stalled["status"], stalled["reason"]) == ("True", "CheckpointVolumeLost")
+    assert "llm-checkpoints" in stalled["message"] and "step 40" in stalled["message"]
+    assert result.events == [("Warning", "CheckpointVolumeLost", stalled["message"])]
+
+
+def test_a_claim_without_checkpoints_yet_is_simply_created_again() -> None:
+    result = run(
+        job(RUNNING, checkpoint=TEMPLATE), [pod(0), pod(1)], children_present=frozenset({"Service"})
+    )
+    assert kinds(result) == ["PersistentVolumeClaim"]

@@ -228,7 +228,7 @@ def test_cpu_job_has_no_gpu_resources_tolerations_or_rdma() -> None:
     rendered = pod({"workers": 2})
     assert "tolerations" not in rendered["spec"]
     assert "resources" not in rendered["spec"]["containers"][0]
-    assert "securityContext" not in rendered["spec"]["containers"][0]
+    assert "add" not in rendered["spec"]["containers"][0]["securityContext"]["capabilities"]
     assert "k8s.v1.cni.cncf.io/networks" not in rendered["metadata"]["annotations"]
 
 
@@ -240,7 +240,7 @@ def test_rdma_attachments_devices_capability_and_nccl() -> None:
         {"name": "rdma-rail-1", "namespace": "net", "interface": "net2"},
     ]
     trainer = rendered["spec"]["containers"][0]
-    assert trainer["securityContext"] == {"capabilities": {"add": ["IPC_LOCK"]}}
+    assert trainer["securityContext"]["capabilities"] == {"drop": ["ALL"], "add": ["IPC_LOCK"]}
     assert trainer["resources"]["limits"]["rdma/rdma_shared_device_a"] == "1"
     assert trainer["resources"]["requests"]["rdma/rdma_shared_device_a"] == "1"
     assert (
@@ -285,7 +285,7 @@ def test_checkpoint_volume_mount_and_env(checkpoint: dict[str, Any], claim: str)
 
 def test_no_checkpoint_means_no_volume_and_no_checkpoint_dir() -> None:
     rendered = pod({})
-    assert [volume["name"] for volume in rendered["spec"]["volumes"]] == ["dshm"]
+    assert [volume["name"] for volume in rendered["spec"]["volumes"]] == ["dshm", "scratch"]
     assert "TRAINFORGE_CHECKPOINT_DIR" not in env({})
     assert "TRAINFORGE_CONFIG" not in env({})
 

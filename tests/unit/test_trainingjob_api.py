@@ -227,3 +227,23 @@ def test_spec_models_are_immutable() -> None:
     spec = TrainingJobSpec()
     with pytest.raises(ValueError, match="frozen"):
         spec.workers = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("resources", "ok"),
+    [
+        ({"requests": {"cpu": "1500m"}, "limits": {"cpu": "2"}}, True),
+        ({"requests": {"cpu": "2"}, "limits": {"cpu": "2000m"}}, True),
+        ({"requests": {"memory": "1Gi"}, "limits": {"memory": "1073741824"}}, True),
+        ({"requests": {"memory": "1.5Gi"}, "limits": {"memory": "1G"}}, False),
+        ({"requests": {"cpu": "2"}, "limits": {"memory": "1Gi"}}, True),
+        ({"requests": {"cpu": 3}, "limits": {"cpu": "2.5"}}, False),
+    ],
+)
+def test_requests_may_not_exceed_limits(resources: dict[str, Any], ok: bool) -> None:
+    spec = {"workers": 1, "resources": resources}
+    if ok:
+        parse_training_job_spec(spec)
+    else:
+        with pytest.raises(InvalidSpec, match=r"must not exceed resources\.limits"):
+            parse_training_job_spec(spec)

@@ -38,6 +38,8 @@ namespaces and CRDs off, and records its own Events instead of kopf's.
   verbs: [update]
 # Worker pods: kopf lists + watches them (by label); the operator creates the gang and
 # deletes it on restart, suspend, failure and deadline. Pods are never patched (immutable).
+# InferenceService pods are watched too: a server container that cannot start (image pull,
+# crash loop) is reported in the service's status.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch, create, delete]
@@ -47,12 +49,12 @@ namespaces and CRDs off, and records its own Events instead of kopf's.
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch]
-# The checkpoint PVC of spec.checkpoint.volumeClaimTemplate (create), and the existence
-# check of a TrainingJob's checkpoint.claimName or an InferenceService's model claim (get),
-# which turns a missing claim into a Stalled condition.
+# The checkpoint PVC of spec.checkpoint.volumeClaimTemplate (create; watched by label, so a
+# deleted one is noticed), and the existence check of a TrainingJob's checkpoint.claimName
+# or an InferenceService's model claim, and of who holds a taken name (get).
 - apiGroups: [""]
   resources: [persistentvolumeclaims]
-  verbs: [get, create]
+  verbs: [get, list, watch, create]
 # Events shown by `kubectl describe` (gang restarted, job failed or succeeded, Deployment
 # created or updated).
 - apiGroups: [""]
@@ -72,13 +74,14 @@ namespaces and CRDs off, and records its own Events instead of kopf's.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, delete]
-# Gang scheduling: the PodGroup of scheduling.gang.policy Volcano / Coscheduling.
+# Gang scheduling: the PodGroup of scheduling.gang.policy Volcano / Coscheduling (create;
+# get when its name is already taken, to tell the job's own from someone else's).
 - apiGroups: [scheduling.volcano.sh]
   resources: [podgroups]
-  verbs: [create]
+  verbs: [get, create]
 - apiGroups: [scheduling.x-k8s.io]
   resources: [podgroups]
-  verbs: [create]
+  verbs: [get, create]
 # Existence check of spec.network.rdma.networks (Multus NetworkAttachmentDefinitions): a
 # missing one becomes a Stalled condition instead of pods stuck in ContainerCreating.
 - apiGroups: [k8s.cni.cncf.io]

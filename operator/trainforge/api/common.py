@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -100,6 +101,68 @@ Quantity = Annotated[
 """A Kubernetes quantity: an integer or a string such as "64Gi"; stored here as a string."""
 
 
+_SUFFIXES = {
+    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    **{s: Decimal(1000) ** (i + 1) for i, s in enumerate(("k", "M", "G", "T", "P", "E"))},
+    "n": Decimal("1e-9"),
+    "u": Decimal("1e-6"),
+    "m": Decimal("1e-3"),
+    "": Decimal(1),
+}
+
+
+def quantity_value(value: str) -> Decimal:
+    """The amount of a valid quantity (see Quantity): "1.5Gi" -> 1610612736."""
+    number, suffix = re.match(r"^([0-9]*\.?[0-9]*)(.*)$", value).groups()  # type: ignore[union-attr]
+    if suffix[:1] in ("e", "E"):
+        return Decimal(number or "0") * Decimal(10) ** Decimal(suffix[1:])
+    return Decimal(number or "0") * _SUFFIXES[suffix]
+
+
+def is_zero_quantity(value: str) -> bool:
+    """Whether a valid quantity (see Quantity) is zero, whatever its suffix."""
+    return quantity_value(value) == 0
+
+
+def check_requests_within_limits(requests: Mapping[str, str], limits: Mapping[str, str]) -> None:
+    over = [
+        f"{name} {requests[name]} > {limit}"
+        for name, limit in sorted(limits.items())
+        if name in requests and quantity_value(requests[name]) > quantity_value(limit)
+    ]
+    if over:
+        raise ValueError(
+            f"resources.requests must not exceed resources.limits for the same resource "
+            f"({', '.join(over)}); raise the limit or lower the request"
+        )
+
+
+# A container image reference never contains whitespace (the kubelet reports such an image as
+# InvalidImageName only once the pod exists).
+IMAGE_PATTERN = r"^\S+$"
+# A label value: what nodeSelector values must be.
+LABEL_VALUE_PATTERN = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+# A list of objects keyed by their `name`: the API server rejects a name listed twice.
+LIST_MAP_BY_NAME: dict[str, Any] = {
+    "x-kubernetes-list-type": "map",
+    "x-kubernetes-list-map-keys": ["name"],
+}
+
+
+def _unique_names(items: list[Any]) -> list[Any]:
+    names = [item.name for item in items]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise ValueError(
+            f"names must be unique; {', '.join(twice)} is listed more than once: remove or "
+            "rename the duplicate"
+        )
+    return items
+
+
+UniqueNames = AfterValidator(_unique_names)
+"""Pydantic's side of LIST_MAP_BY_NAME: `Annotated[list[X], UniqueNames]`."""
+
 ConditionStatus = Literal["True", "False", "Unknown"]
 
 
@@ -153,6 +216,18 @@ def cel_list(values: tuple[str, ...]) -> str:
 def cel_rules(*rules: dict[str, str]) -> dict[str, Any]:
     """`json_schema_extra` carrying CEL rules into the generated CRD."""
     return {"x-kubernetes-validations": list(rules)}
+
+
+# The API server refuses a container whose request exceeds its limit, but only when the pod
+# is created; this says so at `kubectl apply`. The rule names the usual resources (a loop over
+# every key exceeds the API server's CEL cost budget); the models check every key.
+REQUESTS_WITHIN_LIMITS = cel(
+    "!has(self.requests) || !has(self.limits) || ['cpu', 'memory', 'ephemeral-storage'].all(k, "
+    "!(k in self.requests) || !(k in self.limits) || "
+    "!quantity(string(self.requests[k])).isGreaterThan(quantity(string(self.limits[k]))))",
+    "resources.requests must not exceed resources.limits for the same resource; raise the "
+    "limit or lower the request",
+)
 
 
 ENV_VALUE_OR_SOURCE = cel(

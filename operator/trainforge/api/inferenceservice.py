@@ -24,14 +24,19 @@ from trainforge.api.common import (
     DNS_1035_LABEL_PATTERN,
     DNS_SUBDOMAIN_PATTERN,
     ENV_VALUE_OR_SOURCE,
+    IMAGE_PATTERN,
+    LIST_MAP_BY_NAME,
+    REQUESTS_WITHIN_LIMITS,
     ApiModel,
     Condition,
     EnvVarFields,
     InvalidSpec,
     Quantity,
+    UniqueNames,
     cel,
     cel_list,
     cel_rules,
+    check_requests_within_limits,
     describe_errors,
     pod_spec_overlay,
 )
@@ -230,6 +235,7 @@ class Resources(ApiModel):
                     "set resources.gpus instead'"
                 ),
             ),
+            REQUESTS_WITHIN_LIMITS,
         )
     )
 
@@ -252,6 +258,7 @@ class Resources(ApiModel):
                     f"do not list {self.gpu_resource} in {field} (got "
                     f"{values[self.gpu_resource]}); set resources.gpus instead"
                 )
+        check_requests_within_limits(self.requests, self.limits)
         return self
 
 
@@ -328,11 +335,13 @@ class InferenceServiceSpec(ApiModel):
     With autoscaling the HorizontalPodAutoscaler sets it, kept within min and max."""
     autoscaling: Autoscaling | None = None
     """Scale replicas with a HorizontalPodAutoscaler."""
-    image: str | None = Field(default=None, min_length=1, max_length=1024)
+    image: str | None = Field(default=None, min_length=1, max_length=1024, pattern=IMAGE_PATTERN)
     """Container image with the inference server; default: the trainer image the operator is
     configured with."""
-    env: list[EnvVar] = Field(default_factory=list, max_length=128)
-    """Extra environment variables of the server container, e.g.
+    env: Annotated[list[EnvVar], UniqueNames] = Field(
+        default_factory=list, max_length=128, json_schema_extra=LIST_MAP_BY_NAME
+    )
+    """Extra environment variables of the server container (each name once), e.g.
     TRAINFORGE_SERVE_RELOAD_INTERVAL_SECONDS or TRAINFORGE_SERVE_DEVICE."""
     resources: Resources = Field(default_factory=Resources)
     """Compute resources of each replica."""

@@ -27,17 +27,24 @@ from trainforge.api.common import (
     DNS_LABEL_PATTERN,
     DNS_SUBDOMAIN_PATTERN,
     ENV_VALUE_OR_SOURCE,
+    IMAGE_PATTERN,
     LABEL_KEY_PATTERN,
+    LABEL_VALUE_PATTERN,
+    LIST_MAP_BY_NAME,
+    REQUESTS_WITHIN_LIMITS,
     RESOURCE_NAME_PATTERN,
     ApiModel,
     Condition,
     EnvVarFields,
     InvalidSpec,
     Quantity,
+    UniqueNames,
     cel,
     cel_list,
     cel_rules,
+    check_requests_within_limits,
     describe_errors,
+    is_zero_quantity,
     pod_spec_overlay,
 )
 
@@ -140,6 +147,7 @@ class Resources(ApiModel):
                     "set resources.gpusPerWorker instead'"
                 ),
             ),
+            REQUESTS_WITHIN_LIMITS,
         )
     )
 
@@ -164,6 +172,7 @@ class Resources(ApiModel):
                     f"do not list {self.gpu_resource} in {field} (got "
                     f"{values[self.gpu_resource]}); set resources.gpusPerWorker instead"
                 )
+        check_requests_within_limits(self.requests, self.limits)
         return self
 
 
@@ -201,7 +210,21 @@ class Nccl(ApiModel):
 
 class Rdma(ApiModel):
     """RDMA networking: Multus attachments, RDMA device resources and NCCL settings. Workers
-    also get the IPC_LOCK capability (to pin memory) and a memory-backed /dev/shm."""
+    also get a memory-backed /dev/shm and, unless ipcLock is false, the IPC_LOCK capability
+    (to pin memory), which needs a namespace whose Pod Security level is privileged."""
+
+    model_config = ConfigDict(
+        json_schema_extra=cel_rules(
+            cel(
+                "self.networks.all(n, self.networks.exists_one(m, m.name == n.name && "
+                "(has(m.__namespace__) ? m.__namespace__ : '') == "
+                "(has(n.__namespace__) ? n.__namespace__ : '')))",
+                "network.rdma.networks: each NetworkAttachmentDefinition (name and namespace) "
+                "may be listed once; remove the duplicate",
+                field_path=".networks",
+            )
+        )
+    )
 
     networks: list[RdmaNetwork] = Field(default_factory=list, max_length=16)
     """Networks to attach, rendered into the k8s.v1.cni.cncf.io/networks annotation."""
@@ -210,6 +233,25 @@ class Rdma(ApiModel):
     {rdma/rdma_shared_device_a: 1}."""
     nccl: Nccl = Field(default_factory=Nccl)
     """NCCL environment for the RDMA fabric."""
+    ipc_lock: bool = True
+    """Give the trainer the IPC_LOCK capability, so RDMA can pin as much memory as it needs.
+    The capability only takes effect for root, so the trainer then runs as uid 0 with IPC_LOCK
+    as its only capability, and the pod is admitted only where the namespace's Pod Security
+    level is privileged. Set false where the nodes' container runtime already allows
+    unlimited locked memory (RLIMIT_MEMLOCK, e.g. LimitMEMLOCK=infinity for containerd): the
+    pod then runs as the image's non-root user and passes the restricted level."""
+
+    @model_validator(mode="after")
+    def _networks_listed_once(self) -> Rdma:
+        keys = [(net.name, net.namespace) for net in self.networks]
+        twice = sorted({name for name, namespace in keys if keys.count((name, namespace)) > 1})
+        if twice:
+            raise ValueError(
+                f"network.rdma.networks: each NetworkAttachmentDefinition (name and namespace) "
+                f"may be listed once; {', '.join(twice)} is listed more than once: remove the "
+                "duplicate"
+            )
+        return self
 
 
 class Network(ApiModel):
@@ -230,17 +272,59 @@ class VolumeClaimTemplate(ApiModel):
     """A PersistentVolumeClaim `<job>-checkpoints` the operator creates and owns (deleted with
     the job)."""
 
-    size: Quantity
+    size: Annotated[
+        Quantity,
+        Field(
+            json_schema_extra=cel_rules(
+                cel(
+                    "quantity(string(self)).isGreaterThan(quantity('0'))",
+                    "checkpoint.volumeClaimTemplate.size must be more than 0, e.g. 100Gi",
+                )
+            )
+        ),
+    ]
     """Requested storage, e.g. 100Gi."""
     storage_class_name: str | None = Field(
         default=None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN
     )
     """StorageClass; default: the cluster's default class."""
     access_modes: list[AccessMode] = Field(
-        default_factory=_shared_by_all_workers, min_length=1, max_length=4
+        default_factory=_shared_by_all_workers,
+        min_length=1,
+        max_length=4,
+        json_schema_extra={
+            "x-kubernetes-list-type": "set",
+            **cel_rules(
+                cel(
+                    "!('ReadWriteOncePod' in self) || size(self) == 1",
+                    "checkpoint.volumeClaimTemplate.accessModes: ReadWriteOncePod cannot be "
+                    "combined with other access modes; list it alone",
+                )
+            ),
+        },
     )
     """Access modes; every worker writes its checkpoint shards to the same volume, so more
     than one worker on different nodes needs ReadWriteMany."""
+
+    @model_validator(mode="after")
+    def _claim_is_possible(self) -> VolumeClaimTemplate:
+        if is_zero_quantity(self.size):
+            raise ValueError(
+                f"checkpoint.volumeClaimTemplate.size must be more than 0, e.g. 100Gi (got "
+                f"{self.size})"
+            )
+        modes = self.access_modes
+        if len(set(modes)) != len(modes):
+            raise ValueError(
+                f"checkpoint.volumeClaimTemplate.accessModes lists a mode twice ({modes}); "
+                "remove the duplicate"
+            )
+        if "ReadWriteOncePod" in modes and len(modes) > 1:
+            raise ValueError(
+                "checkpoint.volumeClaimTemplate.accessModes: ReadWriteOncePod cannot be "
+                f"combined with other access modes (got {modes}); list it alone"
+            )
+        return self
 
 
 class Checkpoint(ApiModel):
@@ -377,9 +461,9 @@ class Scheduling(ApiModel):
         default=None, max_length=253, pattern=DNS_SUBDOMAIN_PATTERN
     )
     """PriorityClass of the worker pods."""
-    node_selector: dict[LabelKey, Annotated[str, Field(max_length=63)]] = Field(
-        default_factory=dict, max_length=32
-    )
+    node_selector: dict[
+        LabelKey, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE_PATTERN)]
+    ] = Field(default_factory=dict, max_length=32)
     """Node labels the workers require."""
     tolerations: list[dict[str, Any]] = Field(default_factory=list, max_length=32)
     """Tolerations (core/v1 Toleration); the nvidia.com/gpu toleration is added when GPUs are
@@ -512,15 +596,17 @@ class TrainingJobSpec(ApiModel):
     """Number of worker pods (nodes) in the gang."""
     procs_per_worker: int | None = Field(default=None, ge=1, le=128)
     """Processes per worker (torchrun --nproc-per-node); default: gpusPerWorker, or 1 on CPU."""
-    image: str | None = Field(default=None, min_length=1, max_length=1024)
+    image: str | None = Field(default=None, min_length=1, max_length=1024, pattern=IMAGE_PATTERN)
     """Container image; default: the trainer image the operator is configured with."""
     command: list[CommandPart] | None = Field(default=None, max_length=64)
     """Run this instead of the bundled trainer (torchrun … -m trainforge_trainer train); the
     distributed environment (MASTER_ADDR, WORLD_SIZE, NODE_RANK, PET_*…) is set either way."""
     args: list[CommandPart] | None = Field(default=None, max_length=256)
     """Arguments appended to the command (or to the bundled trainer's command)."""
-    env: list[EnvVar] = Field(default_factory=list, max_length=128)
-    """Extra environment variables of the trainer container."""
+    env: Annotated[list[EnvVar], UniqueNames] = Field(
+        default_factory=list, max_length=128, json_schema_extra=LIST_MAP_BY_NAME
+    )
+    """Extra environment variables of the trainer container (each name once)."""
     trainer: dict[str, Any] | None = Field(default=None, max_length=64)
     """Configuration of the bundled trainer (recipe, model, data, steps, precision…), passed
     as JSON in TRAINFORGE_CONFIG and validated by the trainer at start (exit code 78 when

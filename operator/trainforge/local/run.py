@@ -36,7 +36,7 @@ from rich.table import Table
 
 from trainforge import contract
 from trainforge.api import InvalidSpec, parse_training_job
-from trainforge.reconcile.trainingjob import TERMINAL, Observed, PodView, plan
+from trainforge.reconcile.trainingjob import OTHER_CHILD_KINDS, TERMINAL, Observed, PodView, plan
 from trainforge.render.trainingjob import RenderSettings, expand_env_references
 
 POLL_SECONDS = 0.5
@@ -175,7 +175,13 @@ class LocalRun:
         """One reconcile: observe the processes, plan with the operator's rules, apply."""
         views = [w.observe() for w in self.workers.values()]
         result = plan(
-            Observed(job=self.job(), pods=views, now=datetime.now(UTC), children_ensured=True),
+            # No cluster: the service, claim and group the plan would create are not needed.
+            Observed(
+                job=self.job(),
+                pods=views,
+                now=datetime.now(UTC),
+                children_present=OTHER_CHILD_KINDS,
+            ),
             RenderSettings(),
         )
         if result.status.get("restartAttempt") != self.status.get("restartAttempt"):
@@ -206,6 +212,8 @@ class LocalRun:
             contract.ENV_CHECKPOINT_DIR: str(self.checkpoint_dir),
             contract.ENV_METRICS_PORT: str(free_port()),
             contract.ENV_TERMINATION_MESSAGE_PATH: str(progress_file),
+            # The pod's HOME is its scratch volume; here the user's own home serves.
+            "HOME": str(Path.home()),
         }
         argv, env = process_command(pod, overrides)
         log_file = self.workdir / "logs" / f"{stem}.log"

@@ -36,3 +36,17 @@ def merge_conditions(
             }
         )
     return merged
+
+
+def stalled_event(
+    before: list[dict[str, Any]], after: list[dict[str, Any]]
+) -> tuple[str, str, str] | None:
+    """A Warning Event (type, reason, message) when Stalled turns True or says something new,
+    so `kubectl describe` and `kubectl get events` show what blocks the object."""
+    old = next((c for c in before if c["type"] == "Stalled"), {})
+    new = next((c for c in after if c["type"] == "Stalled"), {})
+    if new.get("status") != "True":
+        return None
+    if old.get("status") == "True" and old.get("message") == new.get("message"):
+        return None
+    return "Warning", new["reason"], new["message"]

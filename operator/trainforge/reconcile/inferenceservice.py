@@ -17,7 +17,8 @@ from typing import Any
 
 from trainforge import contract
 from trainforge.api import InferenceServiceSpec, InvalidSpec, parse_inference_service_spec
-from trainforge.reconcile.conditions import Cond, merge_conditions
+from trainforge.reconcile.children import refusal
+from trainforge.reconcile.conditions import Cond, merge_conditions, stalled_event
 from trainforge.reconcile.trainingjob import rfc3339
 from trainforge.render.inferenceservice import (
     InferenceRef,
@@ -29,6 +30,11 @@ from trainforge.render.inferenceservice import (
 from trainforge.render.trainingjob import RenderSettings, checkpoint_pvc_name
 
 READY, MODEL_LOADED, RECONCILING, STALLED = "Ready", "ModelLoaded", "Reconciling", "Stalled"
+# What to change when the API server refuses the servers' pods.
+POD_FIX = (
+    "fix spec.podTemplate or spec.resources, or the namespace's policy (ResourceQuota, "
+    "LimitRange, Pod Security level) that refuses them"
+)
 # A TrainingJob in one of these phases will commit no further checkpoint.
 FINISHED_JOB_PHASES = ("Succeeded", "Failed")
 
@@ -45,6 +51,10 @@ class Rollout:
     updated_replicas: int = 0
     # Progressing=False with reason ProgressDeadlineExceeded: the rollout is stuck.
     stuck_message: str = ""
+    # ReplicaFailure=True: the API server refuses the ReplicaSet's pods (an admission plugin
+    # such as Pod Security or a ResourceQuota; the ReplicaSet's FailedCreate events say the
+    # same); the message is the server's.
+    replica_failure: str = ""
 
 
 @dataclass(frozen=True)
@@ -67,9 +77,9 @@ def child_view(obj: dict[str, Any]) -> ChildView:
     rollout = None
     if obj.get("kind") == "Deployment":
         status = obj.get("status", {})
-        progressing: dict[str, Any] = next(
-            (c for c in status.get("conditions", []) if c.get("type") == "Progressing"), {}
-        )
+        conditions = {c.get("type"): c for c in status.get("conditions", [])}
+        progressing: dict[str, Any] = conditions.get("Progressing", {})
+        failure: dict[str, Any] = conditions.get("ReplicaFailure", {})
         stuck = (
             progressing.get("status") == "False"
             and progressing.get("reason") == "ProgressDeadlineExceeded"
@@ -82,6 +92,7 @@ def child_view(obj: dict[str, Any]) -> ChildView:
             available_replicas=int(status.get("availableReplicas", 0)),
             updated_replicas=int(status.get("updatedReplicas", 0)),
             stuck_message=progressing.get("message", "") if stuck else "",
+            replica_failure=failure.get("message", "") if failure.get("status") == "True" else "",
         )
     return ChildView(
         kind=obj["kind"],
@@ -110,6 +121,8 @@ class Observed:
     # kind -> spec hash of children applied recently that the watch does not show yet; not
     # applied again (nor announced twice) while they are on their way.
     in_flight: dict[str, str] = field(default_factory=dict)
+    # (kubelet reason, message) of server pods whose container cannot start (pods.py).
+    pods_cannot_start: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -294,6 +307,18 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
     ready = _readiness(name, deployment, rollout, dep_hash, want)
     loaded = _model_loaded(spec, resolution, rollout, want)
     problems = list(obs.blocked)
+    if rollout and rollout.replica_failure:
+        problem = refusal(
+            f"the pods of Deployment {namespace}/{name}", rollout.replica_failure, POD_FIX
+        )
+        problems.append(problem)
+        loaded = Cond(
+            MODEL_LOADED, False, problem[0], f"no server pod could be created: {problem[1]}"
+        )
+    if obs.pods_cannot_start:
+        problems += obs.pods_cannot_start
+        first = obs.pods_cannot_start[0]
+        loaded = Cond(MODEL_LOADED, False, first[0], first[1])
     if rollout and rollout.stuck_message:
         problems.append(("ProgressDeadlineExceeded", rollout.stuck_message))
     stalled = Cond(
@@ -375,12 +400,9 @@ def _transition_events(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[s
     before = {c["type"]: c for c in old.get("conditions", [])}
     after = {c["type"]: c for c in new["conditions"]}
     events = []
-    stalled = after[STALLED]
-    if stalled["status"] == "True" and (
-        before.get(STALLED, {}).get("status") != "True"
-        or before[STALLED].get("message") != stalled["message"]
-    ):
-        events.append(("Warning", stalled["reason"], stalled["message"]))
+    stalled = stalled_event(old.get("conditions", []), new["conditions"])
+    if stalled:
+        events.append(stalled)
     loaded = after[MODEL_LOADED]
     if loaded["status"] == "True" and before.get(MODEL_LOADED, {}).get("status") != "True":
         events.append(("Normal", "ModelLoaded", loaded["message"]))

@@ -5,7 +5,8 @@ the status this operator last wrote (it is the only writer), and the children it
 the indexes do not show yet. Children are applied server-side (they are mutable); a child
 that is missing from the indexes is looked up before it is created, so an object of the same
 name that belongs to someone else is reported, never taken over. A child the API server
-rejects (an invalid podTemplate overlay, say) is reported too, never retried in a tight loop.
+rejects (an invalid podTemplate overlay, say) is reported too, and retried with a growing
+backoff, never in a tight loop (reconcile/children.py, shared with TrainingJobs).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from trainforge import contract, kube, metrics
+from trainforge import contract, kube, metrics, workqueue
 from trainforge.api.common import InvalidSpec
+from trainforge.reconcile.children import Problem, write_child
 from trainforge.reconcile.inferenceservice import (
     READY,
     ChildView,
@@ -38,6 +40,8 @@ Key = tuple[str, str]  # (namespace, name)
 # The latest watched InferenceService or TrainingJob for a key, and a service's children.
 ObjectLookup = Callable[[Key], Mapping[str, Any] | None]
 ChildrenLookup = Callable[[Key], list[ChildView]]
+# (kubelet reason, message) of a service's pods whose container cannot start.
+PodProblemsLookup = Callable[[Key], list[tuple[str, str]]]
 
 API_VERSIONS = {
     "Deployment": "apps/v1",
@@ -47,6 +51,8 @@ API_VERSIONS = {
 }
 # How long an applied child may stay invisible to the watch before it is applied again.
 IN_FLIGHT_SECONDS = 30.0
+# What to change when the API server refuses a child.
+FIX = "fix spec.podTemplate or spec.autoscaling.metrics"
 
 
 @dataclass
@@ -57,7 +63,7 @@ class Memory:
     # kind -> (spec hash, monotonic time) of children applied but not yet seen.
     applied: dict[str, tuple[str, float]] = field(default_factory=dict)
     # kind -> (reason, message) for children that could not be applied.
-    blocked: dict[str, tuple[str, str]] = field(default_factory=dict)
+    blocked: dict[str, Problem] = field(default_factory=dict)
 
 
 class InferenceServiceRunner:
@@ -67,10 +73,12 @@ class InferenceServiceRunner:
         jobs: ObjectLookup,
         children: ChildrenLookup,
         settings: RenderSettings,
+        pods_cannot_start: PodProblemsLookup,
     ) -> None:
         self._services = services
         self._jobs = jobs
         self._children = children
+        self._pods_cannot_start = pods_cannot_start
         self._settings = settings
         self._memory: dict[str, Memory] = {}
         self._lock = threading.Lock()  # guards _memory's dict; one worker per key at a time
@@ -90,7 +98,7 @@ class InferenceServiceRunner:
         except kube.KubeError as e:
             metrics.RECONCILE_ERRORS.labels(KIND).inc()
             logger.warning("%s %s/%s: API error, will retry: %s", KIND, *key, e)
-            return 5.0
+            raise workqueue.Backoff(f"API error: {e}") from None
         finally:
             metrics.RECONCILE_SECONDS.labels(KIND).observe(time.perf_counter() - started)
 
@@ -113,11 +121,15 @@ class InferenceServiceRunner:
             children=children,
             blocked=list(memory.blocked.values()),
             in_flight=self._in_flight(children, memory),
+            pods_cannot_start=sorted(self._pods_cannot_start((namespace, meta["name"]))),
         )
         result = plan(observed, self._settings)
         self._apply(service, result, memory, {child.kind for child in children})
-        if memory.blocked and not observed.blocked:
-            return 0.5  # report the problem just found
+        if list(memory.blocked.values()) != observed.blocked:
+            return 0.0  # report what changed (a new problem, or that it is gone) at once
+        if memory.blocked:
+            # Only a change by someone can help: try again later, less and less often.
+            raise workqueue.Backoff(next(iter(memory.blocked.values()))[1])
         return result.requeue_after
 
     def _model_source(self, service: dict[str, Any]) -> tuple[dict[str, Any] | None, bool | None]:
@@ -160,20 +172,14 @@ class InferenceServiceRunner:
             c["type"] == READY and c["status"] == "True" for c in result.status["conditions"]
         )
         metrics.INFERENCESERVICES.set(meta["uid"], namespace, str(ready).lower())
+        # A child the plan no longer applies (autoscaling turned off, say) blocks nothing.
+        applying = {manifest["kind"] for manifest in result.apply}
+        memory.blocked = {k: v for k, v in memory.blocked.items() if k in applying}
         for manifest in result.apply:
             kind = manifest["kind"]
-            if kind not in present and not self._name_is_free(manifest, meta["uid"], memory):
-                continue
-            try:
-                kube.apply(manifest)
-            except kube.KubeError as e:
-                if e.status not in (400, 422):
-                    raise
-                memory.blocked[kind] = (
-                    "ChildRejected",
-                    f"the API server rejected {kind} {namespace}/{name}: {e.message}; fix "
-                    "spec.podTemplate or spec.autoscaling.metrics",
-                )
+            problem = write_child(manifest, service, FIX, update=True, known=kind in present)
+            if problem:
+                memory.blocked[kind] = problem
                 continue
             memory.blocked.pop(kind, None)
             if kind == "Deployment":  # announced once it happened, not each time it is tried
@@ -188,23 +194,6 @@ class InferenceServiceRunner:
             )
         for type_, reason, message in result.events:
             kube.emit_event(service, type_, reason, message)
-
-    @staticmethod
-    def _name_is_free(manifest: dict[str, Any], uid: str, memory: Memory) -> bool:
-        """Whether a child the indexes do not show may be applied: it does not exist, or it
-        is ours and the watch has not caught up."""
-        kind, meta = manifest["kind"], manifest["metadata"]
-        existing = kube.get(kube.Ref(manifest["apiVersion"], kind, meta["namespace"], meta["name"]))
-        owners = (existing or {}).get("metadata", {}).get("ownerReferences", [])
-        if existing is None or any(o.get("uid") == uid and o.get("controller") for o in owners):
-            return True
-        memory.blocked[kind] = (
-            "NameConflict",
-            f"{kind} {meta['namespace']}/{meta['name']} already exists and is not controlled "
-            "by this InferenceService; delete it or choose another name (children of a "
-            "deleted InferenceService of the same name disappear on their own)",
-        )
-        return False
 
     def forget_all(self) -> None:
         """Leadership changed hands: another replica may have written since our memories."""

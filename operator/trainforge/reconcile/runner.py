@@ -3,8 +3,10 @@
 Watch caches lag behind our own writes. Two small memories bridge that gap without extra
 reads: the status this operator last wrote (it is the only writer of status), and the pods it
 created that the pod index has not shown yet ("expectations", as in kube-controller-manager).
-Deterministic names make every remaining race harmless: a duplicate create is a 409, a
-duplicate delete a 404.
+Deterministic names make every remaining race harmless: a duplicate create is a 409 (then
+checked to be ours: a name taken by someone else's object is reported, never adopted), a
+duplicate delete a 404. A child the API server refuses stops the gang's creation; the job is
+Stalled with the server's message and the key backs off (reconcile/children.py).
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
-from trainforge import contract, kube, metrics
+from trainforge import contract, kube, metrics, workqueue
 from trainforge.api.common import InvalidSpec
+from trainforge.reconcile.children import Problem, write_child
 from trainforge.reconcile.trainingjob import (
     TERMINAL,
     Observed,
@@ -33,10 +37,28 @@ from trainforge.render.trainingjob import RenderSettings
 logger = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
-# Each returns the latest watched object(s) for a key: the job's body, and its pods as
-# (controller uid, PodView) pairs.
+# Each returns the latest watched object(s) for a key: the job's body, its pods as
+# (controller uid, PodView) pairs, and its other children as ChildRecords.
 JobLookup = Callable[[Key], Mapping[str, Any] | None]
 PodsLookup = Callable[[Key], list[tuple[str, PodView]]]
+
+
+@dataclass(frozen=True)
+class ChildRecord:
+    """What the runner needs to know of a job's Service, PVC or PodGroup."""
+
+    kind: str
+    owner_uid: str
+    deleting: bool
+
+
+ChildrenLookup = Callable[[Key], list[ChildRecord]]
+
+
+def child_record(obj: Mapping[str, Any]) -> ChildRecord:
+    meta = obj.get("metadata", {})
+    owner = next((o["uid"] for o in meta.get("ownerReferences", []) if o.get("controller")), "")
+    return ChildRecord(obj.get("kind", ""), owner, bool(meta.get("deletionTimestamp")))
 
 
 @dataclass
@@ -46,13 +68,32 @@ class Memory:
     written_status: dict[str, Any] | None = None
     attempt: int = -1
     created_pods: dict[str, PodView] = field(default_factory=dict)
-    children_ensured: bool = False
+    # Kinds of other children created that the watch has not shown yet.
+    created_kinds: set[str] = field(default_factory=set)
+    # What stopped the last attempt to create children (reconcile/children.py).
+    rejected: list[Problem] = field(default_factory=list)
+
+
+# What to change when the API server refuses a child of this kind.
+FIX = {
+    "Pod": "fix the TrainingJob's spec (image, env, resources, scheduling, podTemplate) or "
+    "the namespace's policy (ResourceQuota, LimitRange, Pod Security level) that refuses it",
+    "PersistentVolumeClaim": "fix spec.checkpoint.volumeClaimTemplate",
+}
+FIX_OTHER = "fix the TrainingJob's spec"
 
 
 class TrainingJobRunner:
-    def __init__(self, jobs: JobLookup, pods: PodsLookup, settings: RenderSettings) -> None:
+    def __init__(
+        self,
+        jobs: JobLookup,
+        pods: PodsLookup,
+        children: ChildrenLookup,
+        settings: RenderSettings,
+    ) -> None:
         self._jobs = jobs
         self._pods = pods
+        self._children = children
         self._settings = settings
         self._memory: dict[str, Memory] = {}
         self._lock = threading.Lock()  # guards _memory's dict; one worker per key at a time
@@ -73,7 +114,7 @@ class TrainingJobRunner:
         except kube.KubeError as e:
             metrics.RECONCILE_ERRORS.labels("TrainingJob").inc()
             logger.warning("TrainingJob %s/%s: API error, will retry: %s", *key, e)
-            return 5.0
+            raise workqueue.Backoff(f"API error: {e}") from None
         finally:
             metrics.RECONCILE_SECONDS.labels("TrainingJob").observe(time.perf_counter() - started)
 
@@ -83,16 +124,22 @@ class TrainingJobRunner:
         status = job.get("status") or {}
         attempt = int(status.get("restartAttempt", 0))
         if attempt != memory.attempt:
-            memory.attempt, memory.created_pods, memory.children_ensured = attempt, {}, False
+            memory.attempt, memory.created_pods = attempt, {}
         observed = Observed(
             job=job,
             pods=self._observe_pods(job, memory),
             now=datetime.now(UTC),
             missing_references=self._missing_references(job, status),
-            children_ensured=memory.children_ensured,
+            children_present=self._children_present(job, memory),
+            rejected=memory.rejected,
         )
         result = plan(observed, self._settings)
+        before = memory.rejected
         self._apply(job, status, result, memory)
+        if memory.rejected != before:
+            return 0.0  # report what changed (a new refusal, or that it is gone) at once
+        if memory.rejected:
+            raise workqueue.Backoff(memory.rejected[0][1], result.requeue_after)
         return result.requeue_after
 
     def _observe_pods(self, job: dict[str, Any], memory: Memory) -> list[PodView]:
@@ -107,6 +154,24 @@ class TrainingJobRunner:
             if name in names:
                 del memory.created_pods[name]
         return seen + list(memory.created_pods.values())
+
+    def _children_present(self, job: dict[str, Any], memory: Memory) -> frozenset[str]:
+        meta = job["metadata"]
+        records = [
+            r
+            for r in self._children((meta["namespace"], meta["name"]))
+            if r.owner_uid == meta["uid"]
+        ]
+        memory.created_kinds -= {r.kind for r in records}
+        return frozenset({r.kind for r in records if not r.deleting} | memory.created_kinds)
+
+    def _watched_pod(self, key: Key, ref: kube.Ref) -> dict[str, Any]:
+        """The holder of a worker pod name, from the pod watch (which sees every pod with this
+        job's labels): a name not there is held by a pod the job never made."""
+        for owner, view in self._pods(key):
+            if view.name == ref.name:
+                return {"metadata": {"ownerReferences": [{"uid": owner, "controller": True}]}}
+        return {"metadata": {}}
 
     def _missing_references(self, job: dict[str, Any], status: dict[str, Any]) -> list[str]:
         """Check referenced NetworkAttachmentDefinitions and PVCs, only when pods are about to
@@ -168,9 +233,23 @@ class TrainingJobRunner:
             metrics.TIME_TO_RUNNING.observe((datetime.now(UTC) - created).total_seconds())
         for pod in result.delete_pods:
             kube.delete(kube.Ref("v1", "Pod", meta["namespace"], pod.name), uid=pod.uid or None)
+        memory.rejected = []
+        key = (meta["namespace"], meta["name"])
         for manifest in result.create:
-            kube.create(manifest)
-            if manifest["kind"] == "Pod":
+            kind = manifest["kind"]
+            problem = write_child(
+                manifest,
+                job,
+                FIX.get(kind, FIX_OTHER),
+                update=False,
+                known=False,
+                lookup=partial(self._watched_pod, key) if kind == "Pod" else kube.get,
+            )
+            if problem:
+                # A gang without this child cannot run: create nothing more until it is fixed.
+                memory.rejected = [problem]
+                break
+            if kind == "Pod":
                 view = PodView(
                     name=manifest["metadata"]["name"],
                     uid="",
@@ -180,7 +259,7 @@ class TrainingJobRunner:
                 )
                 memory.created_pods[view.name] = view
             else:
-                memory.children_ensured = True
+                memory.created_kinds.add(kind)
         if not status_first:
             self._write_status(ref, old_status, result, memory)
         for type_, reason, message in result.events:

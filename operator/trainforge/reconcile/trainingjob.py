@@ -16,14 +16,25 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import ValidationError
+
 from trainforge import contract
 from trainforge.api import InvalidSpec, TrainingJobSpec, parse_training_job_spec
-from trainforge.reconcile.conditions import Cond, merge_conditions
-from trainforge.render.trainingjob import JobRef, RenderSettings, desired_children
+from trainforge.api.common import ApiModel
+from trainforge.api.trainingjob import CheckpointStatus, Progress
+from trainforge.reconcile.conditions import Cond, merge_conditions, stalled_event
+from trainforge.reconcile.pods import cannot_start
+from trainforge.render.trainingjob import (
+    JobRef,
+    RenderSettings,
+    desired_children,
+    worker_pod_name,
+)
 
 RUNNING, PENDING, RESTARTING = "Running", "Pending", "Restarting"
 SUSPENDED, SUCCEEDED, FAILED = "Suspended", "Succeeded", "Failed"
 TERMINAL = (SUCCEEDED, FAILED)
+OTHER_CHILD_KINDS = frozenset({"Service", "PersistentVolumeClaim", "PodGroup"})
 CONDITION_TYPES = (RUNNING, RESTARTING, SUSPENDED, SUCCEEDED, FAILED)
 
 
@@ -42,6 +53,8 @@ class PodView:
     unschedulable: str = ""
     spec_hash: str = ""
     progress: dict[str, Any] | None = None
+    # (kubelet reason, message) when a container cannot start (reconcile/pods.py).
+    cannot_start: tuple[str, str] | None = None
 
     @property
     def active(self) -> bool:
@@ -78,18 +91,57 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         else "",
         spec_hash=meta.get("annotations", {}).get(contract.ANNOTATION_SPEC_HASH, ""),
         progress=_progress(terminated.get("message") if terminated else None),
+        cannot_start=cannot_start(pod),
     )
 
 
+# The kubelet keeps at most 4 KiB of a termination message; anything longer is not the trainer's.
+MAX_TERMINATION_MESSAGE = 4096
+PROGRESS_FIELDS = ("step", "totalSteps", "loss", "samplesPerSecond")
+
+
 def _progress(message: str | None) -> dict[str, Any] | None:
-    """The trainer's progress record from a termination message (contract.py)."""
-    if not message:
+    """The trainer's progress record from a termination message (contract.py), sanitised.
+
+    The message is written by the worker, so it is untrusted: every field is checked against
+    the status schema on its own, and one that does not fit (NaN or Infinity from a diverged
+    loss, a wrong type, out of range) is dropped, never copied into status where the API
+    server would refuse every later status write. A checkpoint record without a valid step
+    and path is dropped whole. The record needs a valid `step` to count at all.
+    """
+    if not message or len(message) > MAX_TERMINATION_MESSAGE:
         return None
     try:
         record = json.loads(message)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
+    if not isinstance(record, dict):
+        return None
+    progress = {
+        key: record[key]
+        for key in PROGRESS_FIELDS
+        if key in record and _fits(Progress, {key: record[key]})
+    }
+    if "step" not in progress:
+        return None
+    checkpoint = record.get("checkpoint")
+    if isinstance(checkpoint, dict):
+        fields = {k: checkpoint[k] for k in ("step", "path", "time") if k in checkpoint}
+        if not _fits(CheckpointStatus, {"step": fields.get("step"), "path": fields.get("path")}):
+            fields = {}
+        elif "time" in fields and not _fits(CheckpointStatus, fields):
+            del fields["time"]
+        if fields:
+            progress["checkpoint"] = fields
+    return progress
+
+
+def _fits(model: type[ApiModel], fields: dict[str, Any]) -> bool:
+    try:
+        model.model_validate(fields)
+    except ValidationError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -99,8 +151,14 @@ class Observed:
     now: datetime
     # "spec.field: what is missing and how to fix it", for referenced objects that do not exist.
     missing_references: list[str] = field(default_factory=list)
-    # The non-pod children (service, PVC, PodGroup) were created for the current attempt.
-    children_ensured: bool = False
+    # Kinds of the non-pod children (OTHER_CHILD_KINDS) that exist, controlled by this job
+    # and not being deleted, or were just created; a missing one is created again, except a
+    # checkpoint claim that held committed checkpoints.
+    children_present: frozenset[str] = frozenset()
+    # (reason, message) of the last attempt to create children, when it was stopped: the API
+    # server refused one (validation, an admission plugin) or its name is taken by an object
+    # this job does not control (reconcile/children.py).
+    rejected: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -154,6 +212,9 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
         status["conditions"] = merge_conditions(
             old.get("conditions", []), _kstatus(new_phase, conditions), generation, rfc3339(now)
         )
+        stalled = stalled_event(old.get("conditions", []), status["conditions"])
+        if stalled and new_phase != FAILED:  # a failure has its own "Failed" event
+            result.events.append(stalled)
         return result
 
     try:
@@ -207,6 +268,19 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
     if failed:
         return _on_failure(result, obs, spec, failed, finish)
 
+    lost = _lost_workers(meta["name"], obs.pods, attempt, phase, spec.workers)
+    if lost:
+        # A worker replaced alone could not rejoin its gang's rendezvous (torchrun/NCCL).
+        return _restart(
+            result,
+            obs,
+            counted=False,
+            reason="WorkersDisrupted",
+            message=f"restarting the gang: {', '.join(lost)}; not counted against "
+            "spec.failurePolicy.maxRestarts",
+            finish=finish,
+        )
+
     if (
         current
         and all(p.phase == "Succeeded" for p in current)
@@ -240,6 +314,18 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
             finish=finish,
         )
 
+    claim = children.checkpoint_pvc
+    if claim and "PersistentVolumeClaim" not in obs.children_present and "checkpoint" in status:
+        # A new, empty claim would silently restart training from step 0.
+        message = (
+            f"PersistentVolumeClaim {meta['namespace']}/{claim['metadata']['name']}, which holds "
+            f"the job's committed checkpoints (newest: step {status['checkpoint']['step']}), "
+            "was deleted; the operator does not replace it with an empty claim, which would "
+            "restart training from step 0. Restore the claim under the same name (from a "
+            "backup or snapshot), or delete the job and start a new one"
+        )
+        return finish(PENDING, _stalled([("CheckpointVolumeLost", message)]))
+
     if obs.missing_references:
         message = "; ".join(obs.missing_references)
         return finish(
@@ -265,9 +351,13 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
         )
 
     present = {p.index for p in current}
-    result.create = [pod for pod in children.pods if _index(pod) not in present]
-    if result.create and not obs.children_ensured:
-        result.create = [*children.others, *result.create]
+    result.create = [
+        *(child for child in children.others if child["kind"] not in obs.children_present),
+        *(pod for pod in children.pods if _index(pod) not in present),
+    ]
+
+    if obs.rejected and result.create:
+        return finish(PENDING, _stalled(obs.rejected))
 
     running = [p for p in current if p.phase == "Running"]
     if len(running) == spec.workers:
@@ -276,6 +366,11 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
             RUNNING,
             [Cond(RUNNING, True, "AllWorkersRunning", f"all {spec.workers} workers are running")],
         )
+    stuck = [p.cannot_start for p in current if p.cannot_start]
+    if stuck:
+        # The kubelet waits for a change only a person can make: say so (Stalled), with its
+        # own words, instead of a silent Pending.
+        return finish(PENDING, _stalled(stuck))
     unschedulable = [f"{p.name}: {p.unschedulable}" for p in current if p.unschedulable]
     conditions = [
         Cond(RUNNING, False, "WorkersPending", f"{len(running)}/{spec.workers} workers running")
@@ -286,6 +381,12 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
             Cond("Unschedulable", True, "Unschedulable", "; ".join(unschedulable)),
         ]
     return finish(PENDING, conditions)
+
+
+def _stalled(problems: list[tuple[str, str]]) -> list[Cond]:
+    """Stalled (and not Running) for (reason, message) problems; the first one's reason."""
+    reason, message = problems[0][0], "; ".join(m for _, m in problems)
+    return [Cond("Stalled", True, reason, message), Cond(RUNNING, False, reason, message)]
 
 
 def old_reason(old: dict[str, Any], phase: str) -> tuple[str, str]:
@@ -347,6 +448,29 @@ def _on_failure(
     )
 
 
+def _lost_workers(
+    job_name: str, pods: list[PodView], attempt: int, phase: str, workers: int
+) -> list[str]:
+    """Workers of the current gang that someone else took away: deleted by hand, evicted
+    (the Eviction API), or gone with their node. The operator deletes pods only after it moved
+    the gang to a new attempt (or stopped the job), so a current pod being deleted is never
+    its own doing. A pod missing altogether counts once the gang ran: before that, a missing
+    index is one still to be created."""
+    deleting = sorted(
+        (p for p in pods if p.attempt == attempt and p.deleting and p.phase != "Succeeded"),
+        key=lambda p: p.index,
+    )
+    lost = [f"{p.name} is being deleted (by hand, an eviction or node loss)" for p in deleting]
+    if phase == RUNNING:
+        present = {p.index for p in pods if p.attempt == attempt}
+        lost += [
+            f"{worker_pod_name(job_name, i)} is gone (deleted, or its node was lost)"
+            for i in range(workers)
+            if i not in present
+        ]
+    return lost
+
+
 def _restart(
     result: Plan, obs: Observed, counted: bool, reason: str, message: str, finish: Any
 ) -> Plan:
@@ -390,7 +514,10 @@ def _kstatus(phase: str, conditions: list[Cond]) -> list[Cond]:
         FAILED if phase == FAILED else "NotStalled",
         given[FAILED].message if FAILED in given else "",
     )
-    ready = phase in (RUNNING, SUCCEEDED)
+    # Suspended is a state the user asked for and reached: kstatus (which falls back to Ready
+    # when neither Reconciling nor Stalled is True) must read it as Current, as docs/gitops.md
+    # promises; a Flux `wait: true` would time out on an InProgress one.
+    ready = phase in (RUNNING, SUCCEEDED, SUSPENDED)
     reconciling = phase in (PENDING, RESTARTING) and not stalled.status
     extra = [c for t, c in given.items() if t not in CONDITION_TYPES and t != "Stalled"]
     return [

@@ -18,6 +18,7 @@ from typing import Any
 
 from trainforge import contract
 from trainforge.api.inferenceservice import KIND, InferenceServiceSpec
+from trainforge.render import security
 from trainforge.render.merge import merge
 from trainforge.render.trainingjob import GPU_TAINT_KEY, RenderSettings, spec_hash
 
@@ -125,7 +126,7 @@ def _env(name: str, value: object) -> dict[str, Any]:
 
 def server_env(name: str, spec: InferenceServiceSpec, mount: ModelMount) -> list[dict[str, Any]]:
     """The server's settings (trainforge_trainer.serve reads TRAINFORGE_SERVE_*), then the
-    user's env, which may set the server's other knobs but not these."""
+    user's env, which may set the server's other knobs and HOME but not these."""
     server = spec.server
     env = [
         _env(contract.ENV_CHECKPOINT_DIR, mount.checkpoint_dir),
@@ -134,8 +135,11 @@ def server_env(name: str, spec: InferenceServiceSpec, mount: ModelMount) -> list
         _env(contract.ENV_SERVE_MAX_BATCH_SIZE, server.max_batch_size),
         _env(contract.ENV_SERVE_MAX_BATCH_DELAY_MS, server.max_batch_delay_ms),
         _env(contract.ENV_SERVE_QUANTIZE, server.quantize),
+        *security.scratch_env(),
     ]
-    return env + [var.to_json() for var in spec.env]
+    user = [var.to_json() for var in spec.env]
+    overridden = {var["name"] for var in user}
+    return [var for var in env if var["name"] not in overridden] + user
 
 
 def _resources(spec: InferenceServiceSpec) -> dict[str, Any]:
@@ -180,8 +184,10 @@ def server_container(
     if resources:
         container["resources"] = resources
     container["volumeMounts"] = [
-        {"name": CHECKPOINT_VOLUME, "mountPath": mount.mount_path, "readOnly": True}
+        {"name": CHECKPOINT_VOLUME, "mountPath": mount.mount_path, "readOnly": True},
+        security.scratch_mount(),
     ]
+    container["securityContext"] = security.container_security_context()
     # The server listens within seconds of starting (importing torch, initialising CUDA) and
     # is live from then on; loading the weights only holds readiness back. The startup probe
     # gives slow images their time before the liveness probe may restart them.
@@ -208,12 +214,14 @@ def deployment(
     pod_spec: dict[str, Any] = {
         # Many Services in a namespace would otherwise flood the environment.
         "enableServiceLinks": False,
+        "securityContext": security.pod_security_context(),
         "containers": [server_container(ref.name, spec, mount, settings)],
         "volumes": [
             {
                 "name": CHECKPOINT_VOLUME,
                 "persistentVolumeClaim": {"claimName": mount.claim_name, "readOnly": True},
-            }
+            },
+            security.scratch_volume(),
         ],
     }
     if spec.resources.gpus:

@@ -21,6 +21,7 @@ from typing import Any
 
 from trainforge import contract
 from trainforge.api.trainingjob import KIND, TrainingJobSpec
+from trainforge.render import security
 from trainforge.render.merge import merge
 
 # --- gang scheduling integrations (their own API contracts) --------------------------------
@@ -344,6 +345,7 @@ def worker_env(
         _env(contract.ENV_JOB_NAME, job_name),
         _env(contract.ENV_RESTART_ATTEMPT, attempt),
         _env(contract.ENV_METRICS_PORT, contract.DEFAULT_METRICS_PORT),
+        *security.scratch_env(),
     ]
     if spec.checkpoint is not None:
         env.append(_env(contract.ENV_CHECKPOINT_DIR, spec.checkpoint.mount_path))
@@ -422,13 +424,14 @@ def _trainer_container(
     resources = _container_resources(spec)
     if resources:
         container["resources"] = resources
-    mounts = [{"name": SHM_VOLUME, "mountPath": contract.SHM_MOUNT}]
+    mounts = [{"name": SHM_VOLUME, "mountPath": contract.SHM_MOUNT}, security.scratch_mount()]
     if spec.checkpoint is not None:
         mounts.append({"name": CHECKPOINT_VOLUME, "mountPath": spec.checkpoint.mount_path})
     container["volumeMounts"] = mounts
-    if spec.network and spec.network.rdma:
-        # RDMA registers (pins) memory; IPC_LOCK allows it without a privileged container.
-        container["securityContext"] = {"capabilities": {"add": ["IPC_LOCK"]}}
+    rdma = spec.network.rdma if spec.network else None
+    container["securityContext"] = security.container_security_context(
+        ipc_lock=rdma is not None and rdma.ipc_lock
+    )
     container["terminationMessagePath"] = contract.TERMINATION_MESSAGE_PATH
     # The trainer writes its progress record there; when it dies before writing one, the
     # tail of its log explains the failure instead.
@@ -441,7 +444,8 @@ def _volumes(job_name: str, spec: TrainingJobSpec) -> list[dict[str, Any]]:
         {
             "name": SHM_VOLUME,
             "emptyDir": {"medium": "Memory", "sizeLimit": spec.resources.shared_memory},
-        }
+        },
+        security.scratch_volume(),
     ]
     checkpoint = spec.checkpoint
     if checkpoint is not None:
@@ -534,6 +538,7 @@ def worker_pod(
         "subdomain": service_name(job.name),
         # Thousands of Services in a namespace would otherwise flood the environment.
         "enableServiceLinks": False,
+        "securityContext": security.pod_security_context(),
         "containers": [_trainer_container(job.name, spec, index, attempt, settings)],
         "volumes": _volumes(job.name, spec),
     }
