@@ -20,7 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from realnode_helpers import Images, built_images
+import yaml
+from realnode_helpers import Images, built_images, describe_pods
 
 from kubetest import REPO, Cluster, Kubectl, make_kubectl, wait_for
 
@@ -76,3 +77,59 @@ def real_namespace(real_kubectl: Kubectl, request: pytest.FixtureRequest) -> Ite
     )
     yield name
     real_kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+CHART = REPO / "helm" / "trainforge"
+SYSTEM_NAMESPACE = "trainforge-system"
+
+
+def helm_binary() -> Path:
+    out = subprocess.run(
+        ["bash", str(REPO / "hack/cluster/build.sh")], capture_output=True, text=True, check=True
+    )
+    return Path(out.stdout.strip().splitlines()[-1]) / "helm"
+
+
+@pytest.fixture(scope="session")
+def operator_release(
+    real_cluster: Cluster, real_kubectl: Kubectl, images: Images, tmp_path_factory
+) -> Iterator[str]:
+    """`helm install` of the chart with the locally built images: the operator runs in-cluster
+    as the chart's ServiceAccount, exactly as shipped."""
+    repository, tag = images.operator.rsplit(":", 1)
+    trainer_repository, trainer_tag = images.trainer.rsplit(":", 1)
+    values = tmp_path_factory.mktemp("helm") / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},
+                "trainerImage": {"repository": trainer_repository, "tag": trainer_tag},
+                "operator": {"resyncSeconds": 10, "logFormat": "plain"},
+            }
+        )
+    )
+    helm = [str(helm_binary()), f"--kubeconfig={real_cluster.kubeconfig}"]
+    install = subprocess.run(
+        [
+            *helm,
+            "install",
+            "tf",
+            str(CHART),
+            f"--namespace={SYSTEM_NAMESPACE}",
+            "--create-namespace",
+            f"--values={values}",
+            "--wait",
+            "--timeout=180s",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert install.returncode == 0, (
+        f"{install.stderr}\n{describe_pods(real_kubectl, SYSTEM_NAMESPACE)}"
+    )
+    yield SYSTEM_NAMESPACE
+    logs = real_kubectl("logs", "-n", SYSTEM_NAMESPACE, "deploy/tf-trainforge", check=False)
+    subprocess.run(
+        [*helm, "uninstall", "tf", f"--namespace={SYSTEM_NAMESPACE}", "--wait"], capture_output=True
+    )
+    assert "Traceback" not in logs.stdout, logs.stdout[-5000:]
