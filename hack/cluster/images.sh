@@ -29,6 +29,11 @@ context_hash() {
     | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
 }
 have() { buildah inspect --type image "$1" >/dev/null 2>&1; }
+# Drop the older builds of an image (a trainer image is 6 GB).
+prune() {
+  buildah images --format '{{.Name}}:{{.Tag}}' --filter "reference=${1%:*}" \
+    | grep -vxF "$1" | xargs -r buildah rmi >/dev/null 2>&1 || true
+}
 # An OCI archive of a local image, uncompressed (containerd imports it as it is).
 export_image() {  # name ref
   local archive="$out/$1-${2##*:}.tar"
@@ -87,6 +92,7 @@ build() {  # name dockerfile [build args...]
       --volume "$wheels:/wheels:ro" --volume "$pipconf:/etc/pip.conf:ro" \
       --build-arg "PYTHON_IMAGE=$base" "$@" -f "$repo/$dockerfile" -t "$ref" "$repo" >&2
     log "built $ref in $(($(date +%s) - t0))s"
+    prune "$ref"
   fi
   export_image "$name" "$ref"
 }

@@ -392,7 +392,11 @@ def load_image(archive: Path) -> None:
     if ctr("images", "ls", "-q", f"name=={ref}").stdout.strip():
         return
     started = time.monotonic()
-    ctr("images", "import", "--base-name", ref.rsplit(":", 1)[0], str(archive))
+    name = ref.rsplit(":", 1)[0]
+    # Older builds of the same image only take space in the cached store.
+    for old in ctr("images", "ls", "-q", f"name~=^{name}:").stdout.split():
+        ctr("images", "rm", old, check=False)
+    ctr("images", "import", "--base-name", name, str(archive))
     log(f"loaded {ref} in {time.monotonic() - started:.0f}s")
 
 

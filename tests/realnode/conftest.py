@@ -40,6 +40,7 @@ def real_cluster(images: Images) -> Iterator[Cluster]:
         yield Cluster(Path(reused), None)
         return
     assert os.geteuid() == 0, "the real node needs root (kubelet, containerd, mounts)"
+    host_before = host_state()
     state_dir = Path(tempfile.mkdtemp(prefix="trainforge-test-realnode-"))
     up = subprocess.run(
         [sys.executable, str(CLUSTER_SCRIPT), "up", "--real-node", "--dir", str(state_dir)],
@@ -57,6 +58,36 @@ def real_cluster(images: Images) -> Iterator[Cluster]:
             text=True,
         )
         assert down.returncode == 0, down.stderr[-4000:]
+        assert host_state() == host_before, "cluster.py down left the host changed"
+
+
+def host_state() -> dict[str, object]:
+    """What the kubelet and the CNI plugins change on the host (docs/real-node.md)."""
+    sysctls = (
+        "vm/overcommit_memory",
+        "kernel/panic",
+        "kernel/panic_on_oops",
+        "net/ipv4/ip_forward",
+    )
+    rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    return {
+        "sysctls": {k: Path("/proc/sys", k).read_text().strip() for k in sysctls},
+        # Chains and rules; an empty table and no table at all behave the same.
+        "iptables": sorted(
+            line for line in rules.splitlines() if line.startswith("-A") or "KUBE-" in line
+        ),
+        "loopback": subprocess.run(
+            ["ip", "-brief", "addr", "show", "lo"], capture_output=True, text=True
+        ).stdout,
+        "paths": [p for p in ("/var/lib/kubelet", "/run/containerd") if Path(p).exists()],
+        "netns": sorted(str(p) for p in Path("/var/run/netns").glob("cni-*")),
+        "cgroups": sorted(str(p) for p in Path("/sys/fs/cgroup").glob("*/kubepods")),
+        "mounts": [
+            line.split()[4]
+            for line in Path("/proc/self/mountinfo").read_text().splitlines()
+            if any(word in line.split()[4] for word in ("kubelet", "containerd", "netns/cni-"))
+        ],
+    }
 
 
 @pytest.fixture(scope="session")
