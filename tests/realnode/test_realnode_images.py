@@ -12,7 +12,8 @@ from realnode_helpers import Images, run_pod
 
 from kubetest import Kubectl
 
-pytestmark = pytest.mark.cluster
+# The session's first test also waits for the real node and any image rebuild.
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1800)]
 
 
 def image_config(ref: str) -> dict:

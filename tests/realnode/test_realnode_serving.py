@@ -15,7 +15,8 @@ from realnode_helpers import describe_pods, get, port_forward, training_job, wai
 
 from kubetest import Cluster, Kubectl, wait_for
 
-pytestmark = pytest.mark.cluster
+# The session's first test also waits for the real node and any image rebuild.
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1800)]
 
 
 def inference_service(name: str, job: str) -> str:

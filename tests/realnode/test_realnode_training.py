@@ -22,7 +22,8 @@ from realnode_helpers import (
 
 from kubetest import Cluster, Kubectl, wait_for
 
-pytestmark = pytest.mark.cluster
+# The session's first test also waits for the real node and any image rebuild.
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1800)]
 
 
 def test_two_workers_rendezvous_by_dns_train_and_checkpoint_to_the_volume(
