@@ -105,7 +105,8 @@ def test_graceful_delete_checkpoints_exits_143_and_is_not_counted(
         )
 
     wait_for(training, "worker 1 to train 30 steps", timeout=240, interval=1)
-    victim = workers(real_kubectl, ns, "term")[1]["metadata"]["name"]
+    victim_pod = workers(real_kubectl, ns, "term")[1]
+    victim, victim_uid = victim_pod["metadata"]["name"], victim_pod["metadata"]["uid"]
     # Poll the pod while it terminates: its container's exit code is the trainer's.
     real_kubectl("delete", "pod", "-n", ns, victim, "--wait=false")
     exit_codes: list[int] = []
@@ -114,7 +115,10 @@ def test_graceful_delete_checkpoints_exits_143_and_is_not_counted(
         out = real_kubectl("get", "pod", "-n", ns, victim, "-o", "json", check=False)
         if out.returncode != 0:
             return True  # gone
-        for cs in json.loads(out.stdout)["status"].get("containerStatuses", []):
+        pod = json.loads(out.stdout)
+        if pod["metadata"]["uid"] != victim_uid:
+            return True  # gone, and the restarted gang's worker has its name
+        for cs in pod["status"].get("containerStatuses", []):
             state = cs.get("state", {}).get("terminated")
             if state:
                 exit_codes.append(state["exitCode"])
