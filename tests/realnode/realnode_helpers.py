@@ -162,10 +162,13 @@ def workers(kubectl: Kubectl, ns: str, job: str) -> list[dict[str, Any]]:
 
 def volume_dir(kubectl: Kubectl, ns: str, claim: str) -> Path:
     """The host directory of the PersistentVolume bound to `claim` (a hostPath volume)."""
-    bound = wait_for(
-        lambda: get(kubectl, ns, "pvc", claim).get("spec", {}).get("volumeName"),
-        f"claim {claim} to bind",
-    )
+
+    def volume_name() -> str | None:
+        # The operator creates the claim when it first reconciles the job.
+        out = kubectl("get", "pvc", claim, "-n", ns, "-o", "json", check=False)
+        return json.loads(out.stdout)["spec"].get("volumeName") if out.returncode == 0 else None
+
+    bound = wait_for(volume_name, f"claim {claim} to bind")
     pv = json.loads(kubectl("get", "pv", str(bound), "-o", "json").stdout)
     return Path(pv["spec"]["hostPath"]["path"])
 
