@@ -20,7 +20,10 @@ RUN /opt/trainforge/bin/pip install --no-cache-dir . \
 
 FROM ${PYTHON_IMAGE}
 # The numeric user the Helm chart's securityContext runs as (runAsNonRoot needs a number).
-RUN useradd --uid 65532 --user-group --no-create-home --home-dir /nonexistent \
+# The group is created with the same id: containerd takes the primary group from
+# /etc/passwd (not from USER's group), and --user-group alone would give it gid 1000.
+RUN groupadd --gid 65532 trainforge \
+    && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin trainforge
 COPY --from=build /opt/trainforge /opt/trainforge
 ENV PATH=/opt/trainforge/bin:$PATH \

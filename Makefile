@@ -6,8 +6,10 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 CLUSTER := python3 hack/cluster/cluster.py
 PYTEST_ARGS ?=
+# REAL_NODE=1: `make cluster-up` adds the real node (kubelet + containerd) instead of KWOK's nodes.
+REAL_NODE ?=
 
-.PHONY: help setup system-deps test lint fmt unit crds cluster-build cluster-up cluster-down cluster-status demo bench gpu-check
+.PHONY: help setup system-deps test lint fmt unit crds cluster-build node-build images cluster-up cluster-down cluster-status demo cluster-demo bench gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -33,14 +35,20 @@ crds: setup ## regenerate crds/, the chart's copy and docs/api.md from the pydan
 	$(PY) -m trainforge.api.crdgen
 	bash hack/sync-chart-crds.sh
 
-system-deps: ## Debian packages the tests use (etcd, lua5.4, prometheus), when missing
+system-deps: ## Debian packages the tests use (etcd, prometheus, containerd, buildah…), when missing
 	bash hack/install-system-deps.sh
 
 cluster-build: ## build the control-plane binaries into the cache (once per version)
 	bash hack/cluster/build.sh
 
-cluster-up: cluster-build ## start the local control plane (.cluster/kubeconfig)
-	$(CLUSTER) up
+node-build: ## build the real node's kubelet, CoreDNS and pause into the cache (once per version)
+	bash hack/cluster/build-node.sh >/dev/null
+
+images: system-deps node-build ## build the operator and trainer images with buildah (cached by input hash)
+	bash hack/cluster/images.sh
+
+cluster-up: cluster-build $(if $(REAL_NODE),system-deps node-build images) ## start the local control plane (.cluster/kubeconfig); REAL_NODE=1 for a real node
+	$(CLUSTER) up $(if $(REAL_NODE),--real-node)
 
 cluster-down: ## stop the local control plane and remove its state
 	$(CLUSTER) down
@@ -57,11 +65,14 @@ demo: setup ## fine-tune a small HF causal LM locally, serve it (OpenAI API), ch
 gpu-check: setup ## on an NVIDIA GPU: causal-lm bf16 FSDP2 tokens/s + MFU, exact resume, vLLM (not in test)
 	$(PY) hack/gpu_check.py
 
+cluster-demo: ## on the real node: install the chart, train examples/trainingjob-cpu.yaml, serve it
+	bash hack/cluster-demo.sh
+
 bench: setup cluster-build ## run the benchmarks (never part of `make test`; see bench/REPORT.md)
 	$(PY) bench/operator_bench.py
 	$(PY) bench/trainer_bench.py
 	$(PY) bench/serve_bench.py
 	$(PY) bench/llm_serve_bench.py
 
-test: setup system-deps cluster-build lint ## everything CI runs: lint, unit, trainer, cluster and helm tests
+test: setup system-deps cluster-build node-build images lint ## everything CI runs: lint, unit, trainer, cluster, helm and real-node tests
 	$(BIN)/pytest -q -ra tests $(PYTEST_ARGS)

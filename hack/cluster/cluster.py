@@ -4,6 +4,10 @@
     cluster.py up       start etcd, kube-apiserver (RBAC), kube-controller-manager,
                         kube-scheduler and KWOK on 127.0.0.1 (free ports), add the fake nodes
                         and third-party CRDs, wait until the API and the nodes are Ready
+    cluster.py up --real-node
+                        the same with one real node (`localhost`: kubelet, containerd, CNI,
+                        CoreDNS; see node.py) instead of the fake ones, and the project's
+                        images built (images.sh) and loaded into it
     cluster.py down     stop exactly the processes `up` started (by PID) and remove the state
     cluster.py status   show whether each component runs and the nodes
 
@@ -29,6 +33,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+import node
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -78,9 +84,15 @@ class State:
 # --- binaries -----------------------------------------------------------------------------
 
 
-def binaries() -> Path:
-    out = run("bash", str(HERE / "build.sh"), stderr=None)  # build progress goes to the terminal
+def binaries(script: str = "build.sh") -> Path:
+    out = run("bash", str(HERE / script), stderr=None)  # build progress goes to the terminal
     return Path(out.stdout.strip().splitlines()[-1])
+
+
+def images() -> dict[str, Path]:
+    """The images the real node runs, built by images.sh (cached): name -> OCI archive."""
+    out = run("bash", str(HERE / "images.sh"), stderr=None)
+    return {name: Path(path) for name, path in (line.split() for line in out.stdout.splitlines())}
 
 
 def etcd_binary() -> str:
@@ -104,7 +116,7 @@ def openssl(*args: str) -> None:
     run("openssl", *args)
 
 
-def make_pki(pki: Path) -> None:
+def make_pki(pki: Path, real_node: bool) -> None:
     """A CA, the apiserver's serving certificate, one client certificate per component, and the
     service-account signing key pair."""
     pki.mkdir(parents=True, exist_ok=True)
@@ -135,6 +147,17 @@ def make_pki(pki: Path) -> None:
         # KWOK acts for every fake node (status, leases, pods); the tests' cluster-admin.
         "kwok": ("/O=system:masters/CN=kwok", "extendedKeyUsage=clientAuth"),
     }
+    if real_node:
+        # The kubelet's identity (the Node authorizer's system:node:<name>), and the client
+        # certificate the apiserver shows the kubelet for logs, exec and port-forward.
+        certs["kubelet"] = (
+            f"/O=system:nodes/CN=system:node:{node.NODE_NAME}",
+            "extendedKeyUsage=clientAuth",
+        )
+        certs["kubelet-client"] = (
+            "/O=system:masters/CN=kube-apiserver-kubelet-client",
+            "extendedKeyUsage=clientAuth",
+        )
     for name, (subject, extensions) in certs.items():
         key, csr, crt = (pki / f"{name}.{ext}" for ext in ("key", "csr", "crt"))
         openssl(
@@ -290,7 +313,7 @@ def alive(data: dict) -> bool:
     return bool(procs) and all(is_ours(p["pid"], p["binary"]) for p in procs.values())
 
 
-def up(state: State) -> None:
+def up(state: State, real_node: bool = False) -> None:
     data = state.load()
     if alive(data):
         log("already running")
@@ -300,9 +323,12 @@ def up(state: State) -> None:
         down(state, quiet=True)
     started = time.monotonic()
     bin_dir = binaries()
+    if real_node:
+        node_bin = binaries("build-node.sh")
+        node_images = images()
     etcd = etcd_binary()
     state.dir.mkdir(parents=True, exist_ok=True)
-    make_pki(state.pki)
+    make_pki(state.pki, real_node)
     ports = {
         name: free_port()
         for name in ("etcd", "etcd-peer", "apiserver", "controller-manager", "scheduler", "kwok")
@@ -375,11 +401,19 @@ def up(state: State) -> None:
             f"--audit-log-path={state.dir / 'logs' / 'audit.log'}",
             "--audit-log-maxsize=200",
             "--audit-log-maxbackup=1",
+            *(
+                [
+                    f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
+                    f"--kubelet-client-key={pki / 'kubelet-client.key'}",
+                ]
+                if real_node
+                else []
+            ),
         ],
     )
     wait_until("kube-apiserver /readyz", lambda: https_ok(f"{server}/readyz", pki), 90, state)
 
-    for user in ("admin", "controller-manager", "scheduler", "kwok"):
+    for user in ("admin", "controller-manager", "scheduler", "kwok", *(["kubelet"] * real_node)):
         write_kubeconfig(state.dir / f"{user}.kubeconfig", server, pki, user)
     shutil.copy(state.dir / "admin.kubeconfig", state.kubeconfig)
 
@@ -435,9 +469,27 @@ def up(state: State) -> None:
         url = f"https://127.0.0.1:{ports[port]}/healthz"
         wait_until(f"{name} /healthz", lambda url=url: https_ok(url, None), 60, state)
     run(*kubectl, "apply", "-f", str(HERE / "crds"))
-    run(*kubectl, "apply", "-f", str(HERE / "nodes.yaml"))
-    run(*kubectl, "apply", "-f", "-", input=json.dumps(storage()))
-    run(*kubectl, "wait", "--for=condition=Ready", "node", "--all", "--timeout=60s")
+    if real_node:
+        # The real node alone: with the fake nodes next to it the scheduler would put the
+        # pods that must really run on nodes where nothing runs.
+        node.up(
+            state_dir=state.dir,
+            pki=pki,
+            bin_dir=node_bin,
+            apiserver_port=ports["apiserver"],
+            free_port=free_port,
+            launch=launch,
+            wait_until=lambda what, check, timeout: wait_until(what, check, timeout, state),
+            kubectl=kubectl,
+            data=data,
+            save=lambda: state.save(data),
+            images=node_images,
+        )
+        run(*kubectl, "apply", "-f", "-", input=json.dumps(storage(real_dir=state.dir)))
+    else:
+        run(*kubectl, "apply", "-f", str(HERE / "nodes.yaml"))
+        run(*kubectl, "apply", "-f", "-", input=json.dumps(storage()))
+        run(*kubectl, "wait", "--for=condition=Ready", "node", "--all", "--timeout=60s")
     run(*kubectl, "wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
     # Pods can only be created once the namespace's default ServiceAccount exists.
     wait_until(
@@ -452,9 +504,11 @@ def up(state: State) -> None:
     print_access(state)
 
 
-def storage(volumes: int = 64) -> dict:
+def storage(volumes: int = 64, real_dir: Path | None = None) -> dict:
     """A default StorageClass backed by a pool of pre-made PersistentVolumes: there is no
-    provisioner here, but kube-controller-manager's real PV binder binds claims to them."""
+    provisioner here, but kube-controller-manager's real PV binder binds claims to them.
+    With a real node (real_dir) they are directories under real_dir/volumes that pods mount,
+    writable by any user (the images run as a non-root user; hostPath ignores fsGroup)."""
     items: list[dict] = [
         {
             "apiVersion": "storage.k8s.io/v1",
@@ -468,6 +522,11 @@ def storage(volumes: int = 64) -> dict:
         }
     ]
     for i in range(volumes):
+        path = f"/nonexistent/trainforge-pool-{i:03d}"  # KWOK's nodes have no kubelet
+        if real_dir is not None:
+            path = str(real_dir / "volumes" / f"pool-{i:03d}")
+            Path(path).mkdir(parents=True, exist_ok=True)
+            os.chmod(path, 0o1777)
         items.append(
             {
                 "apiVersion": "v1",
@@ -478,8 +537,7 @@ def storage(volumes: int = 64) -> dict:
                     "storageClassName": "standard",
                     "accessModes": ["ReadWriteOnce", "ReadWriteMany", "ReadOnlyMany"],
                     "persistentVolumeReclaimPolicy": "Retain",
-                    # Never mounted: KWOK's nodes have no kubelet.
-                    "hostPath": {"path": f"/nonexistent/trainforge-pool-{i:03d}"},
+                    "hostPath": {"path": path},
                 },
             }
         )
@@ -495,6 +553,13 @@ def down(state: State, quiet: bool = False) -> None:
     data = state.load()
     if not data and not quiet:
         log("not running")
+
+    def stop_component(name: str) -> None:
+        proc = data.get("processes", {}).get(name)
+        if proc:
+            stop(proc["pid"], proc["binary"])
+
+    node.down(state.dir, data, stop_component)
     # Stop in reverse start order so no component logs errors about a vanished apiserver.
     for name in reversed(COMPONENTS):
         proc = data.get("processes", {}).get(name)
@@ -513,7 +578,7 @@ def status(state: State) -> int:
         print("not running")
         return 1
     healthy = True
-    for name in COMPONENTS:
+    for name in (*COMPONENTS, *(node.PROCESSES if "real_node" in data else ())):
         proc = data.get("processes", {}).get(name)
         running = bool(proc) and is_ours(proc["pid"], proc["binary"])
         healthy &= running
@@ -534,6 +599,11 @@ def main() -> int:
     )
     parser.add_argument("command", choices=("up", "down", "status"))
     parser.add_argument(
+        "--real-node",
+        action="store_true",
+        help="up: one real node (kubelet + containerd) instead of the fake ones; needs root",
+    )
+    parser.add_argument(
         "--dir",
         type=Path,
         default=REPO / ".cluster",
@@ -543,7 +613,7 @@ def main() -> int:
     state = State(args.dir.resolve())
     if args.command == "up":
         try:
-            up(state)
+            up(state, real_node=args.real_node)
         except BaseException:
             log("start failed; stopping what was started")
             logs = state.dir / "logs"

@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Builds what the real node needs beyond Debian's packages into a versioned cache outside the
+# repo: the kubelet (k8s.io/kubernetes at the control plane's version, same wrapper go.mod as
+# build.sh), CoreDNS (its Go module, only the plugins cluster DNS uses) and the sandbox
+# ("pause") binary from Kubernetes' own build/pause/linux/pause.c, linked statically.
+# Idempotent and atomic like build.sh; prints the bin directory.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+cache_root=${TRAINFORGE_CACHE:-$HOME/.cache/trainforge}
+key="node_k8s-${K8S_VERSION}_coredns-${COREDNS_VERSION}"
+dest="$cache_root/cluster/$key"
+if [[ -x "$dest/bin/kubelet" ]]; then
+  echo "$dest/bin"
+  exit 0
+fi
+
+mkdir -p "$cache_root/cluster"
+work=$(mktemp -d "$cache_root/cluster/.build-node-XXXXXX")
+trap 'rm -rf "$work"' EXIT
+start=$(date +%s)
+log() { echo "[build-node $(($(date +%s) - start))s] $*" >&2; }
+
+staging_version="v0${K8S_VERSION#v1}"   # v1.33.13 -> v0.33.13
+mkdir -p "$work/kubelet" "$work/coredns" "$work/bin"
+cd "$work/kubelet"
+cat > go.mod <<MOD
+module trainforge.io/node-build
+
+go 1.24.0
+
+require k8s.io/kubernetes $K8S_VERSION
+MOD
+log "resolving k8s.io/kubernetes@$K8S_VERSION"
+go mod download -json "k8s.io/kubernetes@$K8S_VERSION" > kmod.json
+read -r k8s_gomod k8s_dir < <(python3 -c 'import json; m=json.load(open("kmod.json")); print(m["GoMod"], m["Dir"])')
+{
+  echo "replace ("
+  awk '/^replace \(/{r=1;next} r&&/^\)/{r=0} r&&/=> \.\/staging/{print "\t"$1" => "$1" '"$staging_version"'"}' "$k8s_gomod"
+  echo ")"
+} >> go.mod
+cat > tools.go <<'GO'
+//go:build tools
+
+package tools
+
+import _ "k8s.io/kubernetes/cmd/kubelet"
+GO
+GOFLAGS=-mod=mod go mod tidy >&2
+ver=${K8S_VERSION#v}
+ldflags="-s -w"
+for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+  ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=${ver%%.*}"
+  ldflags+=" -X $pkg.gitMinor=$(echo "$ver" | cut -d. -f2) -X $pkg.gitTreeState=clean"
+  ldflags+=" -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
+log "building kubelet"
+CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$work/bin/kubelet" k8s.io/kubernetes/cmd/kubelet
+
+log "building pause"
+gcc -Os -Wall -Werror -static -DVERSION="trainforge-$K8S_VERSION" \
+  -o "$work/bin/pause" "$k8s_dir/build/pause/linux/pause.c"
+
+cd "$work/coredns"
+cat > go.mod <<MOD
+module trainforge.io/coredns-build
+
+go 1.24.0
+
+require github.com/coredns/coredns $COREDNS_VERSION
+MOD
+# CoreDNS's documented way to build with a chosen plugin set: set the directive list, import
+# only those plugins (the full set pulls every cloud SDK in).
+cat > main.go <<'GO'
+package main
+
+import (
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/coredns/coredns/coremain"
+	_ "github.com/coredns/coredns/plugin/bind"
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/ready"
+)
+
+func init() {
+	dnsserver.Directives = []string{"bind", "ready", "health", "errors", "cache", "kubernetes"}
+}
+
+func main() { coremain.Run() }
+GO
+log "building coredns $COREDNS_VERSION"
+GOFLAGS=-mod=mod go mod tidy >&2
+CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$work/bin/coredns" .
+
+mkdir -p "$work/out"
+mv "$work/bin" "$work/out/bin"
+echo "$(($(date +%s) - start))" > "$work/out/build-seconds"
+rm -rf "$dest"
+mv "$work/out" "$dest"
+log "done: $dest/bin"
+echo "$dest/bin"
