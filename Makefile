@@ -41,10 +41,12 @@ system-deps: ## Debian packages the tests use (etcd, prometheus, containerd, bui
 cluster-build: ## build the control-plane binaries into the cache (once per version)
 	bash hack/cluster/build.sh
 
-node-build: ## build the real node's kubelet, CoreDNS and pause into the cache (once per version)
+node-build: system-deps ## build the real node's kubelet, CoreDNS and pause into the cache (once per version)
 	bash hack/cluster/build-node.sh >/dev/null
 
-images: system-deps node-build ## build the operator and trainer images with buildah (cached by input hash)
+# images.sh itself waits for build-node.sh (the pause image), so that under `make -j` the
+# downloads (wheelhouse, debootstrap) overlap the Go builds.
+images: system-deps ## build the operator and trainer images with buildah (cached by input hash)
 	bash hack/cluster/images.sh
 
 cluster-up: cluster-build $(if $(REAL_NODE),system-deps node-build images) ## start the local control plane (.cluster/kubeconfig); REAL_NODE=1 for a real node

@@ -12,12 +12,16 @@ source "$here/versions.env"
 cache_root=${TRAINFORGE_CACHE:-$HOME/.cache/trainforge}
 key="node_k8s-${K8S_VERSION}_coredns-${COREDNS_VERSION}"
 dest="$cache_root/cluster/$key"
+mkdir -p "$cache_root/cluster"
+# One build at a time: `make -j` runs this both as node-build and from images.sh (the pause
+# image); the second caller waits here and then finds the cache.
+exec 9>"$cache_root/cluster/.build-node.lock"
+flock 9
 if [[ -x "$dest/bin/kubelet" ]]; then
   echo "$dest/bin"
   exit 0
 fi
 
-mkdir -p "$cache_root/cluster"
 work=$(mktemp -d "$cache_root/cluster/.build-node-XXXXXX")
 trap 'rm -rf "$work"' EXIT
 start=$(date +%s)

@@ -46,6 +46,17 @@ export_image() {  # name ref
   echo "$1 $archive"
 }
 
+# The Debian mirror this machine's apt uses (deb822 sources or a classic sources.list).
+debian_mirror() {
+  local uri
+  uri=$(sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*\/debian\)$/\1/p' /etc/apt/sources.list.d/*.sources \
+    2>/dev/null | head -n1)
+  [[ -n $uri ]] || uri=$(awk '$1 == "deb" && $2 ~ /\/debian\/?$/ {print $2; exit}' \
+    /etc/apt/sources.list 2>/dev/null)
+  [[ -n $uri ]] || { echo "no Debian mirror in the apt sources" >&2; return 1; }
+  echo "$uri"
+}
+
 # base: what the public python image gives the Dockerfiles (python, venv, useradd)
 base_packages=python3,python3-venv,python-is-python3,passwd
 base_tag=$(echo "bookworm $base_packages" | sha256sum | cut -c1-16)
@@ -54,7 +65,7 @@ if ! have "$base"; then
   log "building $base (debootstrap)"
   ctx=$(mktemp -d)
   debootstrap --variant=minbase --include="$base_packages" bookworm "$ctx/rootfs" \
-    http://deb.debian.org/debian >&2
+    "$(debian_mirror)" >&2
   rm -rf "$ctx"/rootfs/var/lib/apt/lists/* "$ctx"/rootfs/var/cache/apt/* \
     "$ctx"/rootfs/usr/share/doc "$ctx"/rootfs/usr/share/man "$ctx"/rootfs/usr/share/locale
   tar -C "$ctx/rootfs" -cf "$ctx/rootfs.tar" .
@@ -97,7 +108,8 @@ build() {  # name dockerfile [build args...]
   export_image "$name" "$ref"
 }
 build operator Dockerfile
-build trainer trainer_image/Dockerfile --build-arg TORCH_INDEX_URL=https://pypi.org/simple
+# pip.conf above sets no-index: torch comes from the wheelhouse like everything else.
+build trainer trainer_image/Dockerfile
 
 node_bin=$(bash "$here/build-node.sh")
 
