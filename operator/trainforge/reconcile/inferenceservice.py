@@ -17,9 +17,11 @@ from typing import Any
 
 from trainforge import contract
 from trainforge.api import InferenceServiceSpec, InvalidSpec, parse_inference_service_spec
+from trainforge.reconcile import common
 from trainforge.reconcile.children import refusal
+from trainforge.reconcile.common import rfc3339
 from trainforge.reconcile.conditions import Cond, merge_conditions, stalled_event
-from trainforge.reconcile.trainingjob import rfc3339
+from trainforge.render.common import RenderSettings, checkpoint_pvc_name
 from trainforge.render.inferenceservice import (
     InferenceRef,
     ModelMount,
@@ -27,7 +29,6 @@ from trainforge.render.inferenceservice import (
     selector_string,
     url,
 )
-from trainforge.render.trainingjob import RenderSettings, checkpoint_pvc_name
 
 READY, MODEL_LOADED, RECONCILING, STALLED = "Ready", "ModelLoaded", "Reconciling", "Stalled"
 # What to change when the API server refuses the servers' pods.
@@ -126,12 +127,9 @@ class Observed:
 
 
 @dataclass
-class Plan:
-    status: dict[str, Any]
+class Plan(common.Plan):
     apply: list[dict[str, Any]] = field(default_factory=list)
     delete: list[ChildView] = field(default_factory=list)
-    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
-    requeue_after: float | None = None
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,13 @@ from trainforge import contract
 from trainforge.api import InvalidSpec, TrainingJobSpec, parse_training_job_spec
 from trainforge.api.common import ApiModel
 from trainforge.api.trainingjob import CheckpointStatus, Progress
-from trainforge.reconcile.conditions import Cond, merge_conditions, stalled_event
+from trainforge.reconcile import common
+from trainforge.reconcile.common import parse_time, rfc3339
+from trainforge.reconcile.conditions import (
+    Cond,
+    merge_conditions,
+    stalled_event,
+)
 from trainforge.reconcile.pods import cannot_start
 from trainforge.render.trainingjob import (
     JobRef,
@@ -162,23 +168,12 @@ class Observed:
 
 
 @dataclass
-class Plan:
-    status: dict[str, Any]
+class Plan(common.Plan):
     create: list[dict[str, Any]] = field(default_factory=list)
     delete_pods: list[PodView] = field(default_factory=list)
-    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
     delete_job: bool = False
-    requeue_after: float | None = None
     counted_restart: bool = False
     became_running: bool = False
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_time(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def parse_spec(job: dict[str, Any]) -> TrainingJobSpec:

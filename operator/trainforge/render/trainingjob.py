@@ -12,16 +12,24 @@ so overriding MASTER_ADDR in the environment is enough to run the gang on one ma
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from trainforge import contract
 from trainforge.api.trainingjob import KIND, TrainingJobSpec
 from trainforge.render import security
+from trainforge.render.common import (
+    GPU_TAINT_KEY,
+    OwnerRef,
+    RenderSettings,
+    checkpoint_pvc_name,
+    child_metadata,
+    env_var,
+    with_hash,
+)
 from trainforge.render.merge import merge
 
 # --- gang scheduling integrations (their own API contracts) --------------------------------
@@ -35,7 +43,6 @@ KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
 KUEUE_GROUP_COUNT_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
 
 MULTUS_NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
-GPU_TAINT_KEY = "nvidia.com/gpu"
 HOSTNAME_TOPOLOGY_KEY = "kubernetes.io/hostname"
 SHM_VOLUME = "dshm"
 CHECKPOINT_VOLUME = "checkpoints"
@@ -45,30 +52,10 @@ TRAINER_MODULE = "trainforge_trainer"
 
 
 @dataclass(frozen=True)
-class JobRef:
+class JobRef(OwnerRef):
     """Identity of the TrainingJob the children belong to."""
 
-    name: str
-    namespace: str
-    uid: str
-
-    @classmethod
-    def from_object(cls, obj: Mapping[str, Any]) -> JobRef:
-        metadata = obj["metadata"]
-        return cls(name=metadata["name"], namespace=metadata["namespace"], uid=metadata["uid"])
-
-
-# The chart overrides it (`trainforge run --trainer-image`); this is the image built from
-# trainer_image/ for this version.
-DEFAULT_TRAINER_IMAGE = "ghcr.io/trainforge/trainer:0.1.0"
-
-
-@dataclass(frozen=True)
-class RenderSettings:
-    """Operator-wide inputs of rendering (from the operator's configuration)."""
-
-    default_image: str = DEFAULT_TRAINER_IMAGE
-    """Trainer image for jobs without spec.image."""
+    kind: ClassVar[str] = KIND
 
 
 @dataclass(frozen=True)
@@ -107,10 +94,6 @@ def worker_pod_name(job_name: str, index: int) -> str:
     return f"{job_name}-worker-{index}"
 
 
-def checkpoint_pvc_name(job_name: str) -> str:
-    return f"{job_name}-checkpoints"
-
-
 def master_addr(job_name: str) -> str:
     """Worker 0's DNS name through the headless Service (resolves inside the namespace)."""
     return f"{worker_pod_name(job_name, 0)}.{service_name(job_name)}"
@@ -129,57 +112,6 @@ def worker_labels(job_name: str, index: int, attempt: int) -> dict[str, str]:
     }
 
 
-def owner_reference(job: JobRef) -> dict[str, Any]:
-    return {
-        "apiVersion": contract.API_VERSION,
-        "kind": KIND,
-        "name": job.name,
-        "uid": job.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
-def spec_hash(manifest: Mapping[str, Any]) -> str:
-    """Hash of everything in the manifest except the hash annotation itself."""
-    metadata = dict(manifest.get("metadata", {}))
-    annotations = {
-        key: value
-        for key, value in metadata.get("annotations", {}).items()
-        if key != contract.ANNOTATION_SPEC_HASH
-    }
-    canonical = json.dumps(
-        {**manifest, "metadata": {**metadata, "annotations": annotations}},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def _with_hash(manifest: dict[str, Any]) -> dict[str, Any]:
-    metadata = manifest["metadata"]
-    annotations = {
-        **metadata.get("annotations", {}),
-        contract.ANNOTATION_SPEC_HASH: spec_hash(manifest),
-    }
-    return {**manifest, "metadata": {**metadata, "annotations": annotations}}
-
-
-def _metadata(
-    job: JobRef,
-    name: str,
-    labels: Mapping[str, str],
-    annotations: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    return {
-        "name": name,
-        "namespace": job.namespace,
-        "labels": dict(labels),
-        "annotations": dict(annotations or {}),
-        "ownerReferences": [owner_reference(job)],
-    }
-
-
 # --- service, PVC, PodGroup ------------------------------------------------------------------
 
 
@@ -189,11 +121,11 @@ def headless_service(job: JobRef) -> dict[str, Any]:
     Not-ready addresses are published because workers have no readiness probe that could
     pass before rendezvous, and rendezvous needs worker 0's name first.
     """
-    return _with_hash(
+    return with_hash(
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": _metadata(job, service_name(job.name), job_selector(job.name)),
+            "metadata": child_metadata(job, service_name(job.name), job_selector(job.name)),
             "spec": {
                 "clusterIP": "None",
                 "publishNotReadyAddresses": True,
@@ -228,11 +160,11 @@ def checkpoint_pvc(job: JobRef, spec: TrainingJobSpec) -> dict[str, Any] | None:
     }
     if template.storage_class_name is not None:
         pvc_spec["storageClassName"] = template.storage_class_name
-    return _with_hash(
+    return with_hash(
         {
             "apiVersion": "v1",
             "kind": "PersistentVolumeClaim",
-            "metadata": _metadata(job, checkpoint_pvc_name(job.name), job_selector(job.name)),
+            "metadata": child_metadata(job, checkpoint_pvc_name(job.name), job_selector(job.name)),
             "spec": pvc_spec,
         }
     )
@@ -260,11 +192,11 @@ def pod_group(job: JobRef, spec: TrainingJobSpec) -> dict[str, Any] | None:
             group_spec["scheduleTimeoutSeconds"] = spec.scheduling.gang.schedule_timeout_seconds
     else:
         return None
-    return _with_hash(
+    return with_hash(
         {
             "apiVersion": api_version,
             "kind": "PodGroup",
-            "metadata": _metadata(job, pod_group_name(job.name), job_selector(job.name)),
+            "metadata": child_metadata(job, pod_group_name(job.name), job_selector(job.name)),
             "spec": group_spec,
         }
     )
@@ -314,10 +246,6 @@ def expand_env_references(text: str, env: Mapping[str, str]) -> str:
     return _ENV_REFERENCE.sub(replace, text)
 
 
-def _env(name: str, value: object) -> dict[str, Any]:
-    return {"name": name, "value": str(value)}
-
-
 def worker_env(
     job_name: str, spec: TrainingJobSpec, index: int, attempt: int
 ) -> list[dict[str, Any]]:
@@ -325,34 +253,34 @@ def worker_env(
     may override NCCL settings by name, not the operator's own variables)."""
     procs = spec.effective_procs_per_worker
     env = [
-        _env(contract.ENV_MASTER_ADDR, master_addr(job_name)),
-        _env(contract.ENV_MASTER_PORT, contract.DEFAULT_MASTER_PORT),
-        _env(contract.ENV_WORLD_SIZE, spec.world_size),
-        _env(contract.ENV_NNODES, spec.workers),
-        _env(contract.ENV_NODE_RANK, index),
-        _env(contract.ENV_NPROC_PER_NODE, procs),
+        env_var(contract.ENV_MASTER_ADDR, master_addr(job_name)),
+        env_var(contract.ENV_MASTER_PORT, contract.DEFAULT_MASTER_PORT),
+        env_var(contract.ENV_WORLD_SIZE, spec.world_size),
+        env_var(contract.ENV_NNODES, spec.workers),
+        env_var(contract.ENV_NODE_RANK, index),
+        env_var(contract.ENV_NPROC_PER_NODE, procs),
     ]
     if procs == 1:
         # One process per pod: the pod's rank is the global rank, without torchrun.
-        env += [_env(contract.ENV_RANK, index), _env(contract.ENV_LOCAL_RANK, 0)]
+        env += [env_var(contract.ENV_RANK, index), env_var(contract.ENV_LOCAL_RANK, 0)]
     # torchrun reads PET_<OPTION> for every command-line option it is not given.
     env += [
-        _env("PET_NNODES", spec.workers),
-        _env("PET_NODE_RANK", index),
-        _env("PET_NPROC_PER_NODE", procs),
-        _env("PET_MASTER_ADDR", master_addr(job_name)),
-        _env("PET_MASTER_PORT", contract.DEFAULT_MASTER_PORT),
-        _env(contract.ENV_JOB_NAME, job_name),
-        _env(contract.ENV_RESTART_ATTEMPT, attempt),
-        _env(contract.ENV_METRICS_PORT, contract.DEFAULT_METRICS_PORT),
+        env_var("PET_NNODES", spec.workers),
+        env_var("PET_NODE_RANK", index),
+        env_var("PET_NPROC_PER_NODE", procs),
+        env_var("PET_MASTER_ADDR", master_addr(job_name)),
+        env_var("PET_MASTER_PORT", contract.DEFAULT_MASTER_PORT),
+        env_var(contract.ENV_JOB_NAME, job_name),
+        env_var(contract.ENV_RESTART_ATTEMPT, attempt),
+        env_var(contract.ENV_METRICS_PORT, contract.DEFAULT_METRICS_PORT),
         *security.scratch_env(),
     ]
     if spec.checkpoint is not None:
-        env.append(_env(contract.ENV_CHECKPOINT_DIR, spec.checkpoint.mount_path))
+        env.append(env_var(contract.ENV_CHECKPOINT_DIR, spec.checkpoint.mount_path))
     config = trainer_config(spec)
     if config:
         env.append(
-            _env(contract.ENV_CONFIG, json.dumps(config, sort_keys=True, separators=(",", ":")))
+            env_var(contract.ENV_CONFIG, json.dumps(config, sort_keys=True, separators=(",", ":")))
         )
     env += _nccl_env(spec)
     user = [var.to_json() for var in spec.env]
@@ -384,7 +312,7 @@ def _nccl_env(spec: TrainingJobSpec) -> list[dict[str, Any]]:
         ("NCCL_NET_GDR_LEVEL", nccl.gdr_level),
         ("NCCL_DEBUG", nccl.debug),
     )
-    return [_env(name, value) for name, value in settings if value is not None]
+    return [env_var(name, value) for name, value in settings if value is not None]
 
 
 def _container_resources(spec: TrainingJobSpec) -> dict[str, Any]:
@@ -560,11 +488,11 @@ def worker_pod(
         pod_spec["affinity"] = affinity
     if template is not None:
         pod_spec = merge(pod_spec, template.spec)
-    return _with_hash(
+    return with_hash(
         {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": _metadata(job, name, labels, annotations),
+            "metadata": child_metadata(job, name, labels, annotations),
             "spec": pod_spec,
         }
     )
