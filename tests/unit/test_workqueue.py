@@ -112,3 +112,50 @@ def test_retry_after_from_the_api_server_is_waited_out_in_full() -> None:
     asyncio.run(main())
     assert len(calls) == 2
     assert calls[1] - calls[0] >= 0.3
+
+
+def test_one_reconcile_per_key_at_a_time_and_a_change_meanwhile_runs_once_more() -> None:
+    running: set[str] = set()
+    overlaps: list[str] = []
+    calls: list[str] = []
+
+    async def reconcile(key: Hashable) -> float | None:
+        if key in running:
+            overlaps.append(str(key))
+        running.add(str(key))
+        calls.append(str(key))
+        await asyncio.sleep(0.05)
+        running.discard(str(key))
+        return None
+
+    async def main() -> None:
+        queue = WorkQueue(reconcile, 4, "test")
+        queue.start()
+        queue.add("a")
+        queue.add("b")
+        await asyncio.sleep(0.01)
+        for _ in range(5):  # events while "a" runs: one more run, not five
+            queue.add("a")
+        await asyncio.sleep(0.3)
+        await queue.stop()
+
+    asyncio.run(main())
+    assert overlaps == []
+    assert sorted(calls) == ["a", "a", "b"]
+
+
+def test_a_crashing_reconcile_does_not_kill_the_worker() -> None:
+    calls: list[str] = []
+
+    async def reconcile(key: Hashable) -> float | None:
+        calls.append(str(key))
+        if key == "bad":
+            raise RuntimeError("bug")
+        return None
+
+    async def main() -> None:
+        queue = WorkQueue(reconcile, 1, "test", backoff_base=10)
+        await run_for(0.1, queue, "bad", "good")
+
+    asyncio.run(main())
+    assert calls == ["bad", "good"]
