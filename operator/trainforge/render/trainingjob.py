@@ -30,17 +30,8 @@ from trainforge.render.common import (
     env_var,
     with_hash,
 )
+from trainforge.render.gang import gang
 from trainforge.render.merge import merge
-
-# --- gang scheduling integrations (their own API contracts) --------------------------------
-VOLCANO_API_VERSION = "scheduling.volcano.sh/v1beta1"
-VOLCANO_SCHEDULER = "volcano"
-VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
-COSCHEDULING_API_VERSION = "scheduling.x-k8s.io/v1alpha1"
-COSCHEDULING_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
-KUEUE_GROUP_COUNT_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
 
 MULTUS_NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
 HOSTNAME_TOPOLOGY_KEY = "kubernetes.io/hostname"
@@ -171,33 +162,16 @@ def checkpoint_pvc(job: JobRef, spec: TrainingJobSpec) -> dict[str, Any] | None:
 
 
 def pod_group(job: JobRef, spec: TrainingJobSpec) -> dict[str, Any] | None:
-    """The PodGroup of a Volcano or Coscheduling gang; None for other policies."""
-    policy = spec.scheduling.gang.policy
-    group_spec: dict[str, Any] = {"minMember": spec.workers}
-    if policy == "Volcano":
-        api_version = VOLCANO_API_VERSION
-        if spec.scheduling.queue_name is not None:
-            group_spec["queue"] = spec.scheduling.queue_name
-        if spec.scheduling.priority_class_name is not None:
-            group_spec["priorityClassName"] = spec.scheduling.priority_class_name
-        if spec.resources.gpus_per_worker:
-            # Lets Volcano hold the whole gang in its queue until the GPUs for all of it are
-            # free; CPU and memory are left to the per-pod scheduling.
-            group_spec["minResources"] = {
-                spec.resources.gpu_resource: str(spec.workers * spec.resources.gpus_per_worker)
-            }
-    elif policy == "Coscheduling":
-        api_version = COSCHEDULING_API_VERSION
-        if spec.scheduling.gang.schedule_timeout_seconds is not None:
-            group_spec["scheduleTimeoutSeconds"] = spec.scheduling.gang.schedule_timeout_seconds
-    else:
+    """The PodGroup of a gang whose integration needs one (render/gang.py); else None."""
+    integration = gang(spec)
+    if integration.pod_group_api_version is None or integration.pod_group_spec is None:
         return None
     return with_hash(
         {
-            "apiVersion": api_version,
+            "apiVersion": integration.pod_group_api_version,
             "kind": "PodGroup",
             "metadata": child_metadata(job, pod_group_name(job.name), job_selector(job.name)),
-            "spec": group_spec,
+            "spec": integration.pod_group_spec(spec),
         }
     )
 
@@ -415,23 +389,6 @@ def _affinity(job_name: str, spec: TrainingJobSpec, attempt: int) -> dict[str, A
     return merge(affinity or {}, spread)
 
 
-def _gang_metadata(job_name: str, spec: TrainingJobSpec) -> tuple[dict[str, str], dict[str, str]]:
-    """Labels and annotations that put the pod into its gang."""
-    scheduling = spec.scheduling
-    match scheduling.gang.policy:
-        case "Volcano":
-            return {}, {VOLCANO_GROUP_ANNOTATION: pod_group_name(job_name)}
-        case "Coscheduling":
-            return {COSCHEDULING_GROUP_LABEL: pod_group_name(job_name)}, {}
-        case "Kueue":
-            labels = {KUEUE_GROUP_LABEL: pod_group_name(job_name)}
-            if scheduling.queue_name is not None:
-                labels[KUEUE_QUEUE_LABEL] = scheduling.queue_name
-            return labels, {KUEUE_GROUP_COUNT_ANNOTATION: str(spec.workers)}
-        case _:
-            return {}, {}
-
-
 def _rdma_annotations(spec: TrainingJobSpec) -> dict[str, str]:
     rdma = spec.network.rdma if spec.network else None
     if rdma is None or not rdma.networks:
@@ -447,17 +404,18 @@ def worker_pod(
     if not 0 <= index < spec.workers:
         raise ValueError(f"worker index {index} out of range for {spec.workers} workers")
     name = worker_pod_name(job.name, index)
-    gang_labels, gang_annotations = _gang_metadata(job.name, spec)
+    integration = gang(spec)
+    group = pod_group_name(job.name)
     template = spec.pod_template
     # Operator-set keys win: the planner and the gang scheduler depend on them.
     labels = {
         **(template.metadata.labels if template else {}),
-        **gang_labels,
+        **integration.labels(group, spec),
         **worker_labels(job.name, index, attempt),
     }
     annotations = {
         **(template.metadata.annotations if template else {}),
-        **gang_annotations,
+        **integration.annotations(group, spec),
         **_rdma_annotations(spec),
     }
     pod_spec: dict[str, Any] = {
@@ -471,9 +429,7 @@ def worker_pod(
         "volumes": _volumes(job.name, spec),
     }
     scheduling = spec.scheduling
-    scheduler = (
-        VOLCANO_SCHEDULER if scheduling.gang.policy == "Volcano" else scheduling.scheduler_name
-    )
+    scheduler = integration.scheduler_name or scheduling.scheduler_name
     if scheduler is not None:
         pod_spec["schedulerName"] = scheduler
     if scheduling.priority_class_name is not None:
