@@ -216,3 +216,27 @@ def test_a_service_never_takes_over_a_name_someone_else_holds() -> None:
     )
     assert stalled["reason"] == "NameConflict"
     assert api.objects[("Deployment", *KEY)]["metadata"].get("ownerReferences") is None
+
+
+def test_the_spec_is_parsed_once_per_generation(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainforge.reconcile import runner as runner_module
+
+    parsed: list[int] = []
+    real = runner_module.parse_spec
+
+    def counting(job: Any) -> Any:
+        parsed.append(job["metadata"]["generation"])
+        return real(job)
+
+    monkeypatch.setattr(runner_module, "parse_spec", counting)
+    api = FakeApi()
+    world = JobWorld(api)
+    for _ in range(3):
+        world.runner.reconcile(KEY)
+    assert parsed == [1]
+    stored = api.objects[("TrainingJob", *KEY)]
+    stored["spec"]["workers"] = 3  # the user scales the job: a new generation
+    stored["metadata"]["generation"] = 2
+    world.runner.reconcile(KEY)
+    assert parsed == [1, 2]
+    assert world.status()["workers"]["total"] == 3

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
 from trainforge import contract, kube, metrics, workqueue
+from trainforge.api.common import InvalidSpec
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +35,16 @@ class Memory:
     adds its own create expectations."""
 
     written_status: dict[str, Any] | None = None
+    # (metadata.generation, the spec parsed at it, or why it is invalid): a spec changes only
+    # with the generation, so it is validated once per change, not on every reconcile.
+    spec: tuple[int, Any] | None = None
 
 
 M = TypeVar("M", bound=Memory)
+S = TypeVar("S")
 
 
-class Runner(Generic[M]):
+class Runner(Generic[M, S]):
     """Reconciles one kind, one key at a time per key (the work queue guarantees it)."""
 
     kind: ClassVar[str]
@@ -48,11 +53,13 @@ class Runner(Generic[M]):
         self,
         objects: ObjectLookup,
         new_memory: Callable[[], M],
+        parse_spec: Callable[[Mapping[str, Any]], S],
         gauge: metrics.PhaseGauge,
         api: kube.Api,
     ) -> None:
         self._objects = objects
         self._new_memory = new_memory
+        self._parse_spec = parse_spec
         self._gauge = gauge
         self.api = api
         self._memory: dict[str, M] = {}
@@ -82,6 +89,19 @@ class Runner(Generic[M]):
     def _reconcile(self, obj: dict[str, Any], memory: M) -> float | None:
         """Observe, plan and apply `obj` (its status is the last one written)."""
         raise NotImplementedError
+
+    def spec(self, obj: Mapping[str, Any], memory: M) -> S | InvalidSpec:
+        """The object's spec, parsed once per generation (or why it is invalid)."""
+        generation = int(obj["metadata"].get("generation", 0))
+        if memory.spec is None or memory.spec[0] != generation:
+            parsed: S | InvalidSpec
+            try:
+                parsed = self._parse_spec(obj)
+            except InvalidSpec as e:
+                parsed = e
+            memory.spec = (generation, parsed)
+        result: S | InvalidSpec = memory.spec[1]
+        return result
 
     def ref(self, obj: Mapping[str, Any]) -> kube.Ref:
         meta = obj["metadata"]

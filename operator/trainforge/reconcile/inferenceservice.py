@@ -11,6 +11,7 @@ alone: they keep answering from the checkpoint they loaded.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -124,6 +125,9 @@ class Observed:
     in_flight: dict[str, str] = field(default_factory=dict)
     # (kubelet reason, message) of server pods whose container cannot start (pods.py).
     pods_cannot_start: list[tuple[str, str]] = field(default_factory=list)
+    # The spec as the runner parsed it (once per generation), or why it is invalid; None:
+    # the plan parses it.
+    spec: InferenceServiceSpec | InvalidSpec | None = None
 
 
 @dataclass
@@ -144,7 +148,7 @@ class Resolution:
     stalled: bool = False
 
 
-def parse_spec(service: dict[str, Any]) -> InferenceServiceSpec:
+def parse_spec(service: Mapping[str, Any]) -> InferenceServiceSpec:
     return parse_inference_service_spec(service.get("spec", {}))
 
 
@@ -251,10 +255,14 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
         result.events += _transition_events(old, status)
         return result
 
-    try:
-        spec = parse_spec(service)
-    except InvalidSpec as e:
-        message = "; ".join(e.messages)
+    spec = obs.spec
+    if spec is None:
+        try:
+            spec = parse_spec(service)
+        except InvalidSpec as e:
+            spec = e
+    if isinstance(spec, InvalidSpec):
+        message = "; ".join(spec.messages)
         return finish(
             _kstatus(
                 Cond(READY, False, "InvalidSpec", message),

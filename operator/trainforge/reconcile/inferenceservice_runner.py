@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from trainforge import contract, kube, metrics, workqueue
-from trainforge.api.common import InvalidSpec
+from trainforge.api import InferenceServiceSpec, InvalidSpec
 from trainforge.reconcile import core
 from trainforge.reconcile.children import Problem, write_child
 from trainforge.reconcile.core import Key
@@ -63,7 +63,7 @@ class Memory(core.Memory):
     blocked: dict[str, Problem] = field(default_factory=dict)
 
 
-class InferenceServiceRunner(core.Runner[Memory]):
+class InferenceServiceRunner(core.Runner[Memory, InferenceServiceSpec]):
     kind: ClassVar[str] = KIND
 
     def __init__(
@@ -75,7 +75,7 @@ class InferenceServiceRunner(core.Runner[Memory]):
         pods_cannot_start: PodProblemsLookup,
         api: kube.Api = kube,
     ) -> None:
-        super().__init__(services, Memory, metrics.INFERENCESERVICES, api)
+        super().__init__(services, Memory, parse_spec, metrics.INFERENCESERVICES, api)
         self._jobs = jobs
         self._children = children
         self._pods_cannot_start = pods_cannot_start
@@ -89,7 +89,8 @@ class InferenceServiceRunner(core.Runner[Memory]):
             for child in self._children((namespace, meta["name"]))
             if child.owner_uid == meta["uid"]
         ]
-        job, claim_exists = self._model_source(service)
+        spec = self.spec(service, memory)
+        job, claim_exists = self._model_source(service, spec)
         observed = Observed(
             service=service,
             now=datetime.now(UTC),
@@ -99,6 +100,7 @@ class InferenceServiceRunner(core.Runner[Memory]):
             blocked=list(memory.blocked.values()),
             in_flight=self._in_flight(children, memory),
             pods_cannot_start=sorted(self._pods_cannot_start((namespace, meta["name"]))),
+            spec=spec,
         )
         result = plan(observed, self._settings)
         self._apply(service, result, memory, {child.kind for child in children})
@@ -109,11 +111,11 @@ class InferenceServiceRunner(core.Runner[Memory]):
             raise workqueue.Backoff(next(iter(memory.blocked.values()))[1])
         return result.requeue_after
 
-    def _model_source(self, service: dict[str, Any]) -> tuple[dict[str, Any] | None, bool | None]:
+    def _model_source(
+        self, service: dict[str, Any], spec: InferenceServiceSpec | InvalidSpec
+    ) -> tuple[dict[str, Any] | None, bool | None]:
         """The referenced TrainingJob (from the watch) and whether the claim to mount exists."""
-        try:
-            spec = parse_spec(service)
-        except InvalidSpec:
+        if isinstance(spec, InvalidSpec):
             return None, None  # the plan reports it
         namespace = service["metadata"]["namespace"]
         job_name = spec.model.from_training_job

@@ -20,7 +20,7 @@ from functools import partial
 from typing import Any, ClassVar
 
 from trainforge import contract, kube, metrics, workqueue
-from trainforge.api.common import InvalidSpec
+from trainforge.api import InvalidSpec, TrainingJobSpec
 from trainforge.reconcile import core
 from trainforge.reconcile.children import Problem, write_child
 from trainforge.reconcile.common import parse_time
@@ -82,7 +82,7 @@ FIX = {
 FIX_OTHER = "fix the TrainingJob's spec"
 
 
-class TrainingJobRunner(core.Runner[Memory]):
+class TrainingJobRunner(core.Runner[Memory, TrainingJobSpec]):
     kind: ClassVar[str] = "TrainingJob"
 
     def __init__(
@@ -93,7 +93,7 @@ class TrainingJobRunner(core.Runner[Memory]):
         settings: RenderSettings,
         api: kube.Api = kube,
     ) -> None:
-        super().__init__(jobs, Memory, metrics.TRAININGJOBS, api)
+        super().__init__(jobs, Memory, parse_spec, metrics.TRAININGJOBS, api)
         self._pods = pods
         self._children = children
         self._settings = settings
@@ -103,13 +103,15 @@ class TrainingJobRunner(core.Runner[Memory]):
         attempt = int(status.get("restartAttempt", 0))
         if attempt != memory.attempt:
             memory.attempt, memory.created_pods = attempt, {}
+        spec = self.spec(job, memory)
         observed = Observed(
             job=job,
             pods=self._observe_pods(job, memory),
             now=datetime.now(UTC),
-            missing_references=self._missing_references(job, status),
+            missing_references=self._missing_references(job, status, spec),
             children_present=self._children_present(job, memory),
             rejected=memory.rejected,
+            spec=spec,
         )
         result = plan(observed, self._settings)
         before = memory.rejected
@@ -151,15 +153,15 @@ class TrainingJobRunner(core.Runner[Memory]):
                 return {"metadata": {"ownerReferences": [{"uid": owner, "controller": True}]}}
         return {"metadata": {}}
 
-    def _missing_references(self, job: dict[str, Any], status: dict[str, Any]) -> list[str]:
+    def _missing_references(
+        self, job: dict[str, Any], status: dict[str, Any], spec: TrainingJobSpec | InvalidSpec
+    ) -> list[str]:
         """Check referenced NetworkAttachmentDefinitions and PVCs, only when pods are about to
         be created (a missing one would leave them stuck in ContainerCreating)."""
-        if status.get("phase") in TERMINAL or job.get("spec", {}).get("suspend"):
-            return []
-        try:
-            spec = parse_spec(job)
-        except InvalidSpec:
+        if isinstance(spec, InvalidSpec):
             return []  # the plan reports it
+        if status.get("phase") in TERMINAL or spec.suspend:
+            return []
         namespace = job["metadata"]["namespace"]
         missing = []
         rdma = spec.network.rdma if spec.network else None

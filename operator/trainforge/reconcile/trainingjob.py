@@ -13,6 +13,7 @@ older attempt are simply deleted.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from trainforge import contract
-from trainforge.api import TrainingJobSpec, parse_training_job_spec
+from trainforge.api import InvalidSpec, TrainingJobSpec, parse_training_job_spec
 from trainforge.api.common import ApiModel
 from trainforge.api.trainingjob import CheckpointStatus, Progress
 from trainforge.reconcile import common
@@ -162,6 +163,9 @@ class Observed:
     # server refused one (validation, an admission plugin) or its name is taken by an object
     # this job does not control (reconcile/children.py).
     rejected: list[tuple[str, str]] = field(default_factory=list)
+    # The spec as the runner parsed it (once per generation), or why it is invalid; None:
+    # the plan parses it.
+    spec: TrainingJobSpec | InvalidSpec | None = None
 
 
 @dataclass
@@ -173,7 +177,7 @@ class Plan(common.Plan):
     became_running: bool = False
 
 
-def parse_spec(job: dict[str, Any]) -> TrainingJobSpec:
+def parse_spec(job: Mapping[str, Any]) -> TrainingJobSpec:
     return parse_training_job_spec(job.get("spec", {}))
 
 

@@ -56,12 +56,14 @@ class Context:
         self.current = [p for p in obs.pods if p.attempt == self.attempt and not p.deleting]
         self.stale = [p for p in obs.pods if p.attempt != self.attempt and not p.deleting]
         # Parsed once per reconcile; the first policy reports an invalid spec.
-        self.spec_error: InvalidSpec | None = None
-        self._spec: TrainingJobSpec | None = None
-        try:
-            self._spec = parse_training_job_spec(self.job.get("spec", {}))
-        except InvalidSpec as e:
-            self.spec_error = e
+        parsed = obs.spec
+        if parsed is None:
+            try:
+                parsed = parse_training_job_spec(self.job.get("spec", {}))
+            except InvalidSpec as e:
+                parsed = e
+        self.spec_error = parsed if isinstance(parsed, InvalidSpec) else None
+        self._spec = None if isinstance(parsed, InvalidSpec) else parsed
 
     @property
     def spec(self) -> TrainingJobSpec:
