@@ -82,7 +82,15 @@ def test_a_new_job_gets_its_gang_once_even_while_the_watch_lags() -> None:
     assert world.api.writes("create", "Service") == 1
     assert world.status()["phase"] == "Pending"
     assert world.status()["workers"]["pending"] == 2
-    # The last pass computed the same status as the one before: it was not written again.
+    # The pods the first pass created counted as Pending: the later passes wrote nothing.
+    assert world.api.writes("patch_status", "TrainingJob") == 1
+    world.lagging = False
+    for worker in world.api.of_kind("Pod"):
+        worker["status"] = {"phase": "Running"}
+    world.runner.reconcile(KEY)
+    world.runner.reconcile(KEY)
+    assert world.status()["phase"] == "Running"
+    # Two status writes from a new job to a running one: Pending, then Running.
     assert world.api.writes("patch_status", "TrainingJob") == 2
 
 

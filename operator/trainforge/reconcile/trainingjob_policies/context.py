@@ -79,7 +79,10 @@ class Context:
     def finish(self, phase: str, conditions: list[Cond]) -> Plan:
         old_conditions = self.old.get("conditions", [])
         self.status["phase"] = phase
-        self.status["workers"] = _worker_counts(self.current, self.job)
+        # Pods this plan creates count as Pending, as the next pass sees them (the runner's
+        # expectations): a new gang's status is written once, not again with the same pods.
+        creating = sum(m["kind"] == "Pod" for m in self.result.create)
+        self.status["workers"] = _worker_counts(self.current, self.job, creating)
         self.status["conditions"] = merge_conditions(
             old_conditions, _kstatus(phase, conditions), self.generation, rfc3339(self.now)
         )
@@ -161,14 +164,14 @@ def _message(given: dict[str, Cond], phase: str) -> str:
     return cond.message if cond else ""
 
 
-def _worker_counts(current: list[PodView], job: dict[str, Any]) -> dict[str, int]:
+def _worker_counts(current: list[PodView], job: dict[str, Any], creating: int) -> dict[str, int]:
     count = {
         phase: sum(p.phase == phase for p in current)
         for phase in ("Pending", "Running", "Succeeded", "Failed")
     }
     return {
         "total": int(job.get("spec", {}).get("workers", 0)),
-        "pending": count["Pending"],
+        "pending": count["Pending"] + creating,
         "running": count["Running"],
         "ready": count["Running"],
         "succeeded": count["Succeeded"],
