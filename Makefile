@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 CLUSTER := python3 hack/cluster/cluster.py
 PYTEST_ARGS ?=
 
-.PHONY: help setup system-deps test lint fmt unit crds cluster-build cluster-up cluster-down cluster-status demo bench
+.PHONY: help setup system-deps test lint fmt unit crds cluster-build cluster-up cluster-down cluster-status demo bench gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -51,13 +51,17 @@ cluster-status: ## show the local control plane's processes and nodes
 unit: setup ## fast tests only (no cluster, no multi-process torch)
 	$(BIN)/pytest -q tests/unit $(PYTEST_ARGS)
 
-demo: setup ## train examples/trainingjob-cpu.yaml locally, serve it, query it (no cluster)
+demo: setup ## fine-tune a small HF causal LM locally, serve it (OpenAI API), chat with it (~5 min)
 	$(PY) hack/demo.py
+
+gpu-check: setup ## on an NVIDIA GPU: causal-lm bf16 FSDP2 tokens/s + MFU, exact resume, vLLM (not in test)
+	$(PY) hack/gpu_check.py
 
 bench: setup cluster-build ## run the benchmarks (never part of `make test`; see bench/REPORT.md)
 	$(PY) bench/operator_bench.py
 	$(PY) bench/trainer_bench.py
 	$(PY) bench/serve_bench.py
+	$(PY) bench/llm_serve_bench.py
 
 test: setup system-deps cluster-build lint ## everything CI runs: lint, unit, trainer, cluster and helm tests
 	$(BIN)/pytest -q -ra tests $(PYTEST_ARGS)

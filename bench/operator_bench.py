@@ -10,8 +10,10 @@ nodes sized for the load, runs `trainforge run` as a subprocess, and measures:
   (c) the operator's peak RSS (VmHWM),
   (d) API writes per job made by the operator until all workers exist (from the apiserver's
       audit log: writes in the benchmark namespace with the operator's client user agent).
-Then creates --rss-jobs jobs for the RSS measurement. Prints JSON; bench/REPORT.md explains.
-Not a test: nothing here asserts a timing.
+Then creates --rss-jobs jobs for the RSS measurement, then --progress-jobs one-worker jobs
+whose worker pushes live progress every 10 s for --progress-seconds (as the trainer does, with
+a token bound to its pod), measuring the operator's status-write rate, CPU and RSS. Prints
+JSON; bench/REPORT.md explains. Not a test: nothing here asserts a timing.
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ import kubernetes
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-from kubetest import make_kubectl, start_operator, wait_for  # noqa: E402
+from kubetest import free_port, make_kubectl, start_operator, wait_for  # noqa: E402
+
+sys.path.insert(0, str(REPO / "trainer_image"))
+from trainforge_trainer.push import push_progress  # noqa: E402
 
 NAMESPACE = "bench"
 
@@ -235,6 +240,101 @@ def scenario(
     }
 
 
+def current_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def progress_scenario(
+    kubectl: Any,
+    api: kubernetes.client.ApiClient,
+    operator_pid: int,
+    state_dir: Path,
+    url: str,
+    jobs: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """`jobs` running one-worker jobs, each pushing progress every 10 s as rank 0 would."""
+    names = [f"live-{i:04d}" for i in range(jobs)]
+    create_jobs(kubectl, names, 1)
+    core = kubernetes.client.CoreV1Api(api)
+
+    def running() -> dict[str, str] | None:
+        pods = core.list_namespaced_pod(NAMESPACE, label_selector="trainforge.io/job-name").items
+        uids = {
+            p.metadata.name: p.metadata.uid
+            for p in pods
+            if p.status.phase == "Running" and p.metadata.name.startswith("live-")
+        }
+        return uids if len(uids) == jobs else None
+
+    uids: dict[str, str] = wait_for(running, "all progress jobs running", timeout=1800, interval=5)  # type: ignore[assignment]
+    tokens = {}
+    for pod, uid in uids.items():
+        request = {
+            "spec": {
+                "audiences": ["trainforge-progress"],
+                "expirationSeconds": 3600,
+                "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod, "uid": uid},
+            }
+        }
+        tokens[pod] = core.create_namespaced_service_account_token(
+            "default", NAMESPACE, request
+        ).status.token
+    time.sleep(35)  # the jobs' Running status writes are done; the write interval has passed
+    audit_log = state_dir / "logs" / "audit.log"
+    audit_before = len(audit_lines(audit_log))
+    cpu_before = cpu_seconds(operator_pid)
+    codes: dict[int, int] = {}
+    lock = threading.Lock()
+    pods = sorted(tokens)
+    start = time.monotonic()
+
+    def pusher(offset: int) -> None:
+        # One thread per 1/16 of the pods; each pod pushes every 10 s, spread over the period.
+        mine = pods[offset::16]
+        step = 0
+        while time.monotonic() - start < seconds:
+            step += 1
+            for i, pod in enumerate(mine):
+                due = start + (step - 1) * 10 + (i * 10 / max(1, len(mine)))
+                time.sleep(max(0.0, due - time.monotonic()))
+                code, _ = push_progress(url, tokens[pod], {"step": step * 10, "loss": 1.0 / step})
+                with lock:
+                    codes[code] = codes.get(code, 0) + 1
+
+    threads = [threading.Thread(target=pusher, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - start
+    cpu = cpu_seconds(operator_pid) - cpu_before
+    time.sleep(5)
+    status_writes = [
+        e
+        for e in operator_writes(audit_lines(audit_log)[audit_before:])
+        if e["objectRef"].get("subresource") == "status"
+        and e["objectRef"].get("resource") == "trainingjobs"
+    ]
+    pushes = sum(codes.values())
+    return {
+        "jobs": jobs,
+        "seconds": round(elapsed, 1),
+        "pushes": pushes,
+        "push_answers": {str(k): v for k, v in sorted(codes.items())},
+        "pushes_per_second": round(pushes / elapsed, 1),
+        "status_writes": len(status_writes),
+        "status_writes_per_job_per_hour": round(len(status_writes) / jobs / (elapsed / 3600), 1),
+        "operator_cpu_seconds": round(cpu, 1),
+        "operator_cpu_cores_mean": round(cpu / elapsed, 3),
+        "operator_rss_mb": round(current_rss_mb(operator_pid), 1),
+        "operator_peak_rss_mb": round(peak_rss_mb(operator_pid), 1),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -242,6 +342,8 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=200)
     parser.add_argument("--rss-jobs", type=int, default=1000)
     parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--progress-jobs", type=int, default=1000)
+    parser.add_argument("--progress-seconds", type=float, default=120)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "operator.json")
     args = parser.parse_args()
 
@@ -254,26 +356,33 @@ def main() -> int:
         kubectl = make_kubectl(kubeconfig)
         kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
         kubectl("wait", "--for=condition=Established", "crd", "--all")
-        nodes = max(1, (args.rss_jobs * args.workers) // 900 + 1)
+        nodes = max(1, (args.rss_jobs * args.workers) // 900 + 1, args.progress_jobs // 900 + 1)
         kubectl("apply", "-f", "-", input=json.dumps(bench_nodes(nodes)))
         kubectl("create", "namespace", NAMESPACE)
         wait_for(
             lambda: kubectl("get", "sa", "default", "-n", NAMESPACE, check=False).returncode == 0,
             "default ServiceAccount",
         )
+        progress_port = free_port()
+        progress_url = f"http://127.0.0.1:{progress_port}/v1/progress"
         operator = start_operator(
-            kubeconfig, state_dir / "operator.log", "--log-format=plain", "--resync-seconds=300"
+            kubeconfig,
+            state_dir / "operator.log",
+            "--log-format=plain",
+            "--resync-seconds=300",
+            f"--progress-port={progress_port}",
+            f"--progress-url={progress_url}",
         )
         api = kubernetes.config.new_client_from_config(str(kubeconfig))
         watcher = Watcher(api)
         watcher.start()
         time.sleep(3)  # operator and watches connected
 
-        results = {
-            "load": scenario(
+        results: dict[str, Any] = {}
+        if args.jobs:
+            results["load"] = scenario(
                 kubectl, watcher, operator.process.pid, state_dir, args.jobs, args.workers
             )
-        }
         if args.rss_jobs:
             kubectl("delete", "trainingjobs", "--all", "-n", NAMESPACE, "--wait=false")
             wait_for(
@@ -290,6 +399,16 @@ def main() -> int:
             watcher.pod_added.clear()
             results["rss"] = scenario(
                 kubectl, watcher, operator.process.pid, state_dir, args.rss_jobs, args.workers
+            )
+        if args.progress_jobs:
+            results["progress"] = progress_scenario(
+                kubectl,
+                api,
+                operator.process.pid,
+                state_dir,
+                progress_url,
+                args.progress_jobs,
+                args.progress_seconds,
             )
         watcher.stop()
         args.out.parent.mkdir(parents=True, exist_ok=True)

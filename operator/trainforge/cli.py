@@ -69,6 +69,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="a leader that has not renewed its lease for this long is replaced",
     )
     run.add_argument(
+        "--progress-port",
+        type=int,
+        default=Settings.progress_port,
+        help="accept live progress pushed by workers here, on --listen-address (0 disables)",
+    )
+    run.add_argument(
+        "--progress-url",
+        default="",
+        help="the URL workers push progress to (the operator Service's progress port, e.g. "
+        "http://trainforge-progress.trainforge-system.svc:8443/v1/progress); rendered into "
+        "worker pods with a projected ServiceAccount token",
+    )
+    run.add_argument(
         "--trainer-image", default=None, help="image for TrainingJobs that do not set spec.image"
     )
     run.add_argument("--log-format", choices=("json", "plain"), default="json")
@@ -106,7 +119,10 @@ def run_operator(args: argparse.Namespace) -> int:
     import trainforge.handlers  # noqa: F401 - registers the handlers with kopf
     from trainforge.render.common import RenderSettings
 
-    render = RenderSettings(**({"default_image": args.trainer_image} if args.trainer_image else {}))
+    render = RenderSettings(
+        **({"default_image": args.trainer_image} if args.trainer_image else {}),
+        progress_url=args.progress_url,
+    )
     lease_namespace, _, lease_name = args.leader_election_lease.rpartition("/")
     if args.leader_election_lease and not (lease_namespace and lease_name):
         logging.error(
@@ -124,6 +140,7 @@ def run_operator(args: argparse.Namespace) -> int:
         lease_name=lease_name,
         lease_duration_seconds=args.lease_duration_seconds,
         # The pod name in a cluster (the chart sets POD_NAME); host and PID elsewhere.
+        progress_port=args.progress_port,
         identity=os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
         render=render,
     )

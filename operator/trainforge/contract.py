@@ -76,6 +76,8 @@ CHECKPOINT_STEP_PREFIX = "step-"
 CHECKPOINT_MANIFEST = "manifest.json"
 CHECKPOINT_LATEST = "latest"
 CHECKPOINT_TMP_PREFIX = ".tmp-"
+# causal-lm runs export the final model here (a Hugging Face directory) unless told otherwise.
+EXPORT_DIR_NAME = "hf"
 
 
 def checkpoint_dir_name(step: int) -> str:
@@ -91,8 +93,17 @@ def checkpoint_dir_name(step: int) -> str:
 # status it already watches. While running, rank 0 serves the same record at
 # GET http://<pod-ip>:<metrics-port>/progress.
 TERMINATION_MESSAGE_PATH = "/dev/termination-log"
-PROGRESS_KEYS = ("step", "totalSteps", "loss", "samplesPerSecond", "checkpoint")
-# "checkpoint" is {"step": int, "path": str, "time": RFC 3339 str} or absent.
+PROGRESS_KEYS = (
+    "step",
+    "totalSteps",
+    "loss",
+    "samplesPerSecond",
+    "etaSeconds",
+    "transport",
+    "checkpoint",
+)
+# "checkpoint" is {"step": int, "path": str, "time": RFC 3339 str} or absent; "transport" is
+# one of the TRANSPORT_* values below, once the trainer knows it.
 # A trainer that stops on a configuration error (exit EXIT_CONFIG_ERROR) writes
 # {"error": "<one line per bad field>"} instead, so the reason reaches the job's status.
 PROGRESS_ERROR_KEY = "error"
@@ -117,6 +128,15 @@ ENV_SERVE_MAX_REQUEST_BYTES = "TRAINFORGE_SERVE_MAX_REQUEST_BYTES"
 ENV_SERVE_DRAIN_SECONDS = "TRAINFORGE_SERVE_DRAIN_SECONDS"
 # torch intra-op threads on CPU (0: torch's default, one per core).
 ENV_SERVE_TORCH_THREADS = "TRAINFORGE_SERVE_TORCH_THREADS"
+# Quality-gated reload: switch only to a checkpoint whose manifest metric (e.g. val_loss) is
+# no worse than the served one's; mode min (lower is better) or max.
+ENV_SERVE_RELOAD_METRIC = "TRAINFORGE_SERVE_RELOAD_METRIC"
+ENV_SERVE_RELOAD_MODE = "TRAINFORGE_SERVE_RELOAD_MODE"
+# The manifest's "metrics": the newest validation results when the checkpoint was saved,
+# as {"val_loss": float, "val_<metric>": float}, and "metricsStep", the step they were
+# measured at.
+MANIFEST_METRICS = "metrics"
+MANIFEST_METRICS_STEP = "metricsStep"
 
 SERVE_DEFAULT_PORT = 8080
 SERVE_PORT_NAME = "http"
@@ -126,3 +146,30 @@ SERVE_CONTAINER_NAME = "server"
 SERVE_PATH_LIVE = "/v2/health/live"
 SERVE_PATH_READY = "/v2/health/ready"
 SERVE_PATH_METRICS = "/metrics"
+
+
+# --- live progress: rank 0 pushes to the operator (operator/trainforge/progress/) ----------------
+# POST <TRAINFORGE_PROGRESS_URL> with the progress record as JSON and
+# `Authorization: Bearer <projected ServiceAccount token>` (audience PROGRESS_AUDIENCE, bound to
+# the pod). The operator checks the token with a TokenReview and accepts the record only for
+# the job that owns the pod the token is bound to. Unset URL: no push (termination message only).
+ENV_PROGRESS_URL = "TRAINFORGE_PROGRESS_URL"
+ENV_PROGRESS_TOKEN_PATH = "TRAINFORGE_PROGRESS_TOKEN_PATH"
+PROGRESS_AUDIENCE = "trainforge-progress"
+PROGRESS_TOKEN_DIR = "/var/run/secrets/trainforge.io/progress"
+PROGRESS_TOKEN_FILE = "token"
+# The kubelet refreshes a projected token at 80% of its life; 600 s is the shortest allowed.
+PROGRESS_TOKEN_EXPIRATION_SECONDS = 600
+PROGRESS_PATH = "/v1/progress"
+# A push body larger than this is refused (413): the record is a few hundred bytes.
+PROGRESS_MAX_BODY = 4096
+# The trainer pushes at most this often (and on every committed checkpoint).
+PROGRESS_PUSH_INTERVAL_SECONDS = 10.0
+# "transport" in the record: what NCCL (or gloo) carries the collectives over.
+TRANSPORT_INFINIBAND, TRANSPORT_ROCE, TRANSPORT_SOCKET = "InfiniBand", "RoCE", "Socket"
+# An inference server pushes {SERVED_STEP_KEY: <step it serves>} to the same endpoint with its
+# own projected token, after every load and every minute; the operator shows the lowest step
+# its replicas serve in the InferenceService's status.model.servedStep.
+SERVED_STEP_KEY = "servedStep"
+# ... and, under a reload policy, the newest step it refused as worse.
+SKIPPED_STEP_KEY = "skippedStep"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,6 +19,9 @@ from prometheus_client import start_http_server
 
 from trainforge import contract, kube
 from trainforge.leader import LeaderElector, LeaseConfig
+from trainforge.progress.policy import WRITE_INTERVAL_SECONDS
+from trainforge.progress.receiver import PodIdentity, ProgressReceiver, pod_identity, serve
+from trainforge.progress.store import ProgressStore
 from trainforge.reconcile.inferenceservice import ChildView, child_view
 from trainforge.reconcile.inferenceservice_runner import InferenceServiceRunner
 from trainforge.reconcile.pods import cannot_start
@@ -59,6 +63,12 @@ def _job_child(namespace: str, labels: kopf.Labels, body: kopf.Body) -> dict[Key
     return {(namespace, labels[contract.LABEL_JOB_NAME]): child_record(dict(body))}
 
 
+@kopf.index("", "v1", "pods", labels=WORKER_LABELS)
+def progress_pods(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, PodIdentity]:
+    """(namespace, pod name) -> who the pod is: the progress endpoint's pod lookup."""
+    return {(namespace, name): pod_identity(dict(body))}
+
+
 @kopf.index("", "v1", "services", labels=WORKER_LABELS)
 def trainingjob_services(
     namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
@@ -79,6 +89,7 @@ async def trainingjob_changed(
 ) -> None:
     if type == "DELETED":
         memo.trainingjob_runner.forget(uid)
+        memo.progress_store.forget(uid)
     memo.trainingjob_queue.add((namespace, name))
 
 
@@ -160,6 +171,12 @@ def inference_disruption_budgets(
 
 
 @kopf.index("", "v1", "pods", labels=INFERENCE_LABELS)
+def serving_pods(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, PodIdentity]:
+    """(namespace, pod name) -> the server pod: the progress endpoint's served-step lookup."""
+    return {(namespace, name): pod_identity(dict(body))}
+
+
+@kopf.index("", "v1", "pods", labels=INFERENCE_LABELS)
 def inference_pods_cannot_start(
     namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, tuple[str, str]]:
@@ -183,6 +200,7 @@ async def inferenceservice_changed(
 ) -> None:
     if type == "DELETED":
         memo.inference_runner.forget(uid)
+        memo.progress_store.forget(uid)
     memo.inference_queue.add((namespace, name))
 
 
@@ -222,6 +240,8 @@ async def start(
     inference_autoscalers: kopf.Index[Key, ChildView],
     inference_disruption_budgets: kopf.Index[Key, ChildView],
     inference_pods_cannot_start: kopf.Index[Key, tuple[str, str]],
+    progress_pods: kopf.Index[Key, PodIdentity],
+    serving_pods: kopf.Index[Key, PodIdentity],
     **_: Any,
 ) -> None:
     config: Settings = memo.settings
@@ -241,6 +261,7 @@ async def start(
         )
         elector = LeaderElector(lease, on_elected=lambda: elected(memo))
     leading = elector.is_leader if elector else lambda: True
+    memo.progress_store = ProgressStore(WRITE_INTERVAL_SECONDS)
     loop = asyncio.get_running_loop()
     runner = TrainingJobRunner(
         jobs=lambda key: next(iter(trainingjobs.get(key, [])), None),
@@ -250,6 +271,7 @@ async def start(
             *trainingjob_claims.get(key, []),
         ],
         settings=config.render,
+        live=memo.progress_store.get,
     )
 
     async def reconcile(key: Any) -> float | None:
@@ -276,6 +298,7 @@ async def start(
         children=lambda key: [child for index in child_indexes for child in index.get(key, [])],
         settings=config.render,
         pods_cannot_start=lambda key: list(inference_pods_cannot_start.get(key, [])),
+        served=lambda uid: memo.progress_store.served_step(uid, time.monotonic()),
     )
 
     async def reconcile_inference(key: Any) -> float | None:
@@ -291,6 +314,20 @@ async def start(
     )
     if elector:
         memo.elector = asyncio.create_task(elector.run())
+    if config.progress_port:
+        receiver = ProgressReceiver(
+            memo.progress_store,
+            pods=lambda key: next(
+                iter([*progress_pods.get(key, []), *serving_pods.get(key, [])]), None
+            ),
+            jobs=lambda key: next(iter(trainingjobs.get(key, [])), None),
+            enqueue=memo.trainingjob_queue.add_after,
+            leading=leading,
+            executor=executor,
+            services=lambda key: next(iter(inferenceservices.get(key, [])), None),
+            enqueue_service=memo.inference_queue.add_after,
+        )
+        memo.progress_server = await serve(receiver, config.listen_address, config.progress_port)
 
 
 def elected(memo: kopf.Memo) -> None:
@@ -315,6 +352,8 @@ async def resync(queue: WorkQueue, index: kopf.Index[Key, Any], every: float) ->
 async def stop(memo: kopf.Memo, **_: Any) -> None:
     if "elector" in memo:
         memo.elector.cancel()
+    if "progress_server" in memo:
+        await memo.progress_server.cleanup()
     if "resync" in memo:
         memo.resync.cancel()
         await memo.trainingjob_queue.stop()

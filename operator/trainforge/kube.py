@@ -270,3 +270,14 @@ def emit_event(regarding: dict[str, Any], type_: str, reason: str, message: str)
         logger.warning(
             "could not record event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], e
         )
+
+
+def token_review(token: str, audiences: list[str]) -> dict[str, Any]:
+    """The API server's verdict on a bearer token (TokenReview status: authenticated, user
+    with username and extra, error)."""
+    review = {
+        "apiVersion": "authentication.k8s.io/v1",
+        "kind": "TokenReview",
+        "spec": {"token": token, "audiences": audiences},
+    }
+    return request("POST", "/apis/authentication.k8s.io/v1/tokenreviews", review).get("status", {})

@@ -30,6 +30,18 @@ TIME_TO_RUNNING = Histogram(
     "Seconds from a TrainingJob's creation until all its workers ran.",
     buckets=(1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
 )
+PROGRESS_REPORTS = Counter(
+    "trainforge_progress_reports_total",
+    "Live progress pushes received, by HTTP answer (200 accepted; 401/403 refused, 503 not "
+    "the leader).",
+    ["code"],
+)
+PROGRESS_STATUS_WRITES = Counter(
+    "trainforge_progress_status_writes_total",
+    "TrainingJob status writes that changed only live progress or checkpoint (rate-limited "
+    "per job), and those postponed by the limit.",
+    ["result"],
+)
 
 
 class PhaseGauge(Collector):

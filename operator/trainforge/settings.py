@@ -25,4 +25,7 @@ class Settings:
     lease_name: str = ""
     lease_duration_seconds: int = 15
     identity: str = ""
+    # Live progress endpoint (operator/trainforge/progress/), on listen_address; 0 disables.
+    # Workers learn its URL from render.progress_url.
+    progress_port: int = 0
     render: RenderSettings = field(default_factory=RenderSettings)

@@ -165,6 +165,41 @@ def test_service_from_a_pvc_becomes_ready(
     assert "ModelLoaded" in reasons
 
 
+def test_a_vllm_runtime_service_runs_vllm_over_the_export_and_becomes_ready(
+    operator: Operator, kubectl: Kubectl, namespace: str
+) -> None:
+    apply(kubectl, namespace, claim("llm-ckpt"))
+    apply(
+        kubectl,
+        namespace,
+        inference_service(
+            "llm",
+            image="vllm/vllm-openai:v0.11.0",
+            model={"claimName": "llm-ckpt", "path": "runs/llama", "name": "llama-ft"},
+            resources={"gpus": 1},
+            server={"runtime": "vllm", "vllmArgs": ["--max-model-len", "4096"]},
+        ),
+    )
+    svc = wait_ready(kubectl, namespace, "llm")
+    assert condition(svc, "Ready")["message"] == "1/1 replicas available"
+    assert svc["status"]["url"] == f"http://llm.{namespace}.svc.cluster.local"
+
+    deployment = get(kubectl, namespace, "deployment", "llm")
+    assert deployment is not None
+    server = container(deployment)
+    assert server["image"] == "vllm/vllm-openai:v0.11.0"
+    assert server["command"][:3] == ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+    args = server["command"][3:]
+    assert args[args.index("--model") + 1] == "/checkpoints/runs/llama/hf"
+    assert args[args.index("--served-model-name") + 1] == "llama-ft"
+    assert args[-2:] == ["--max-model-len", "4096"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert server[probe]["httpGet"]["path"] == "/health"
+    assert server_env(deployment) == {"HF_HUB_OFFLINE": "1"}
+    assert str(server["resources"]["limits"]["nvidia.com/gpu"]) == "1"
+    assert server["volumeMounts"][0]["readOnly"] is True
+
+
 def test_kubectl_scale_changes_the_deployment(
     operator: Operator, kubectl: Kubectl, namespace: str
 ) -> None:

@@ -144,6 +144,26 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
         manifest(model={"claimName": "ckpt"}, image="example.com/server :1"),
         ["spec.image", "should match"],
     ),
+    (
+        "vllm-without-image",
+        manifest(server={"runtime": "vllm"}),
+        ["spec.image", "server.runtime vllm needs spec.image"],
+    ),
+    (
+        "vllm-args-without-vllm",
+        manifest(server={"vllmArgs": ["--dtype", "bfloat16"]}),
+        ["spec.server.vllmArgs", "applies only with server.runtime vllm"],
+    ),
+    (
+        "vllm-with-int8",
+        manifest(image="vllm/vllm-openai:v0", server={"runtime": "vllm", "quantize": "int8"}),
+        ["spec.server.quantize", "with runtime vllm pass vLLM's own flags"],
+    ),
+    (
+        "unknown-runtime",
+        manifest(server={"runtime": "tgi"}),
+        ["spec.server.runtime", 'Unsupported value: "tgi"'],
+    ),
 ]
 
 
@@ -186,6 +206,7 @@ def test_server_applies_the_schema_defaults(kubectl: Kubectl, namespace: str) ->
         "maxBatchDelayMs": 5,
         "quantize": "none",
         "startupTimeoutSeconds": 600,
+        "runtime": "trainforge",
     }
     assert spec["resources"] == {"gpus": 0, "gpuResource": "nvidia.com/gpu"}
 
@@ -215,8 +236,14 @@ def test_scale_subresource_reads_and_writes_spec_replicas(kubectl: Kubectl, name
                 "spec": {"containers": [{"name": "server", "imagePullPolicy": "Always"}]},
             },
         },
+        {
+            **PVC,
+            "image": "vllm/vllm-openai:v0.11.0",
+            "resources": {"gpus": 1},
+            "server": {"runtime": "vllm", "vllmArgs": ["--max-model-len", "4096"]},
+        },
     ],
-    ids=["minimal", "gpu-autoscaled"],
+    ids=["minimal", "gpu-autoscaled", "vllm"],
 )
 def test_rendered_children_are_valid_kubernetes_objects(
     kubectl: Kubectl, namespace: str, spec: dict[str, Any]

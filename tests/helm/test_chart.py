@@ -51,11 +51,14 @@ def operator_args(docs: list[dict[str, Any]]) -> list[str]:
 def test_default_watches_all_namespaces_with_a_cluster_role(helm: Path, tmp_path: Path) -> None:
     docs = render(helm, {}, tmp_path)
     assert "--all-namespaces" in operator_args(docs)
-    assert [r["metadata"]["name"] for r in find(docs, "ClusterRole")] == ["tf-trainforge"]
-    [binding] = find(docs, "ClusterRoleBinding")
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "tf-trainforge", "namespace": "trainforge"}
+    assert [r["metadata"]["name"] for r in find(docs, "ClusterRole")] == [
+        "tf-trainforge",
+        PROGRESS_ROLE,
     ]
+    for binding in find(docs, "ClusterRoleBinding"):
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "tf-trainforge", "namespace": "trainforge"}
+        ]
     assert not find(docs, "Role") and not find(docs, "RoleBinding")
 
 
@@ -64,7 +67,7 @@ def test_release_namespace_mode_uses_a_role_there(helm: Path, tmp_path: Path) ->
     assert [a for a in operator_args(docs) if a.startswith("--namespace")] == ["--namespace=ml"]
     assert [r["metadata"]["namespace"] for r in find(docs, "Role")] == ["ml"]
     assert [r["metadata"]["namespace"] for r in find(docs, "RoleBinding")] == ["ml"]
-    assert not find(docs, "ClusterRole") and not find(docs, "ClusterRoleBinding")
+    assert only_the_progress_token_review(docs, "ml")
 
 
 def test_namespace_list_mode_binds_a_role_in_each_namespace(helm: Path, tmp_path: Path) -> None:
@@ -78,7 +81,37 @@ def test_namespace_list_mode_binds_a_role_in_each_namespace(helm: Path, tmp_path
     assert sorted(r["metadata"]["namespace"] for r in find(docs, "Role")) == ["team-a", "team-b"]
     for binding in find(docs, "RoleBinding"):
         assert binding["subjects"][0]["namespace"] == "trainforge"  # the operator's own SA
-    assert not find(docs, "ClusterRole")
+    assert only_the_progress_token_review(docs, "trainforge")
+
+
+PROGRESS_ROLE = "tf-trainforge-progress-trainforge"
+
+
+def only_the_progress_token_review(docs: list[dict[str, Any]], namespace: str) -> bool:
+    """Namespaced modes grant one thing cluster-wide: checking progress tokens (TokenReview,
+    cluster-scoped by nature)."""
+    roles = find(docs, "ClusterRole")
+    [binding] = find(docs, "ClusterRoleBinding")
+    return (
+        [r["metadata"]["name"] for r in roles] == [f"tf-trainforge-progress-{namespace}"]
+        and {str(p) for p in granted(roles[0]["rules"])}
+        == {"create authentication.k8s.io/tokenreviews"}
+        and binding["roleRef"]["name"] == roles[0]["metadata"]["name"]
+    )
+
+
+def test_live_progress_endpoint_service_and_grant_only_when_enabled(
+    helm: Path, tmp_path: Path
+) -> None:
+    docs = render(helm, MODES["release-namespace"], tmp_path, namespace="ml")
+    args = operator_args(docs)
+    assert "--progress-port=8090" in args
+    assert "--progress-url=http://tf-trainforge-progress.ml.svc:8090/v1/progress" in args
+    [service] = [s for s in find(docs, "Service") if s["metadata"]["name"].endswith("-progress")]
+    assert service["spec"]["ports"][0]["targetPort"] == "progress"
+    off = render(helm, {**MODES["release-namespace"], "progress": {"enabled": False}}, tmp_path)
+    assert not [a for a in operator_args(off) if a.startswith("--progress")]
+    assert not find(off, "ClusterRole") and not find(off, "ClusterRoleBinding")
 
 
 def test_every_mode_grants_the_same_operator_permissions(helm: Path, tmp_path: Path) -> None:

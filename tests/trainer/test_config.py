@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from trainer_harness import Launcher
 
 from trainforge import contract
@@ -31,7 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
         ),
         (
             {"recipe": "bert"},
-            ["recipe: unknown recipe 'bert'; use 'mlp' or 'gpt', or set entrypoint"],
+            ["recipe: unknown recipe 'bert'; use 'mlp', 'gpt' or 'causal-lm', or set entrypoint"],
         ),
         (
             {"recipe": "gpt", "model": {"dModel": 30, "nHeads": 4}},
@@ -238,3 +239,12 @@ def test_a_diverged_loss_never_makes_invalid_json(trainers: Launcher) -> None:
             strict(line)
     record = strict(job.termination[0].read_text())
     assert record["step"] == 2 and record["loss"] is None
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[2] / "examples").glob("trainingjob-*.yaml")), ids=str
+)
+def test_the_examples_trainer_configs_parse(path: Path) -> None:
+    trainer = yaml.safe_load(path.read_text())["spec"].get("trainer")
+    if trainer is not None:
+        parse(trainer)

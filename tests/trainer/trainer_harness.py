@@ -29,7 +29,15 @@ _CTX = multiprocessing.get_context("forkserver")
 # Not "__main__" (pytest's): only what a trainer needs.
 _CTX.set_forkserver_preload(
     # torch._dynamo: imported lazily by the first optimizer, 2+ s on a busy machine.
-    ["torch", "torch._dynamo", "trainforge_trainer.loop", "trainer_harness"]
+    # transformers' Llama: 5+ s to import, paid once instead of by every causal-lm rank.
+    [
+        "torch",
+        "torch._dynamo",
+        "trainforge_trainer.loop",
+        "trainforge_trainer.causal_lm",
+        "transformers.models.llama.modeling_llama",
+        "trainer_harness",
+    ]
 )
 
 

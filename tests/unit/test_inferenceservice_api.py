@@ -208,7 +208,7 @@ def test_names_scale_subresource_and_printer_columns() -> None:
         },
     }
     columns = [column["name"] for column in version["additionalPrinterColumns"]]
-    assert columns == ["Ready", "Replicas", "URL", "Model step", "Age"]
+    assert columns == ["Ready", "Replicas", "URL", "Model step", "Served", "Age"]
     # The scale subresource needs the replica count to exist: it must have a default.
     assert SCHEMA["properties"]["spec"]["properties"]["replicas"]["default"] == 1
 

@@ -88,6 +88,26 @@ def test_server_settings_come_from_the_spec() -> None:
     assert env(PVC)[contract.ENV_SERVE_MODEL_NAME] == "chat"
 
 
+def test_a_reload_policy_reaches_the_server() -> None:
+    policy = {"reloadPolicy": {"metric": "val_accuracy", "mode": "max"}}
+    rendered = env({**PVC, "model": {**PVC["model"], **policy}})
+    assert rendered[contract.ENV_SERVE_RELOAD_METRIC] == "val_accuracy"
+    assert rendered[contract.ENV_SERVE_RELOAD_MODE] == "max"
+    assert contract.ENV_SERVE_RELOAD_METRIC not in env(PVC)
+
+
+def test_servers_get_the_progress_url_and_a_projected_token_only_when_configured() -> None:
+    spec = parse_inference_service_spec(PVC)
+    url = "http://tf-progress.tf.svc:8090/v1/progress"
+    pod = deployment(REF, spec, MOUNT, RenderSettings(progress_url=url))["spec"]["template"]
+    [server] = pod["spec"]["containers"]
+    assert {"name": contract.ENV_PROGRESS_URL, "value": url} in server["env"]
+    [token] = [v for v in pod["spec"]["volumes"] if "projected" in v]
+    source = token["projected"]["sources"][0]["serviceAccountToken"]
+    assert source["audience"] == contract.PROGRESS_AUDIENCE
+    assert contract.ENV_PROGRESS_URL not in env(PVC)
+
+
 def test_the_server_container_runs_the_bundled_server() -> None:
     server = container(PVC)
     assert server["name"] == contract.SERVE_CONTAINER_NAME

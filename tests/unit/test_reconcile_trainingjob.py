@@ -298,7 +298,12 @@ def test_progress_and_checkpoint_come_from_termination_messages() -> None:
     status = {**RUNNING, "checkpoint": {"step": 20, "path": "/checkpoints/step-00000020"}}
     result = run(job(status), [pod(0, "Failed", exit_code=1, progress=record), pod(1)])
     assert result.status["checkpoint"]["step"] == 30
-    assert result.status["progress"] == {"step": 40, "loss": 2.5}
+    # updatedAt: when the step changed (the progress deadline counts from it).
+    assert result.status["progress"] == {
+        "step": 40,
+        "loss": 2.5,
+        "updatedAt": "2026-11-23T12:00:00Z",
+    }
 
 
 def test_pod_view_reads_the_trainer_container() -> None:
@@ -374,7 +379,7 @@ def test_a_non_finite_loss_never_reaches_status() -> None:
     view = pod_view(terminated('{"step": 40, "loss": NaN, "checkpoint": {"step": 30}}'))
     status = {**RUNNING, "checkpoint": {"step": 20, "path": "/checkpoints/step-00000020"}}
     result = run(job(status), [view, pod(1)])
-    assert result.status["progress"] == {"step": 40}
+    assert result.status["progress"] == {"step": 40, "updatedAt": "2026-11-23T12:00:00Z"}
     assert result.status["checkpoint"] == status["checkpoint"]
     assert result.status["phase"] == "Restarting"  # the failure is acted on as usual
 

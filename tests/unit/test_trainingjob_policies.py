@@ -142,5 +142,6 @@ def test_progress_keeps_the_newest_step_and_never_decides() -> None:
     reported = pod(0, "Failed", progress={"step": 7, "checkpoint": {"step": 5, "path": "/c/5"}})
     ctx = context({"progress": {"step": 3}}, [reported])
     assert record_progress(ctx) is None
-    assert ctx.status["progress"] == {"step": 7}
+    # updatedAt: when the operator saw the step change (the hang-detection clock).
+    assert ctx.status["progress"] == {"step": 7, "updatedAt": "2026-11-23T12:00:00Z"}
     assert ctx.status["checkpoint"] == {"step": 5, "path": "/c/5"}

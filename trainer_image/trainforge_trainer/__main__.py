@@ -2,6 +2,8 @@
 
 train  [--config FILE] [--entrypoint module:function]   (config: FILE, else TRAINFORGE_CONFIG)
 serve  ...                                               (the inference server's own flags)
+export --checkpoint DIR --out DIR [--dtype auto|fp32|bf16|fp16]
+                                          (a causal-lm checkpoint as a Hugging Face directory)
 
 Exit codes (trainforge.contract): 0 done, EXIT_CONFIG_ERROR for a config that cannot run
 (one line per bad field on stderr, also in the termination message), EXIT_PREEMPTED after a
@@ -40,6 +42,21 @@ def _train(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         return _config_error(exc, env)
 
 
+def _export(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    from pathlib import Path
+
+    from trainforge_trainer import causal_lm
+    from trainforge_trainer.checkpoint import resolve
+
+    try:
+        found = resolve(args.checkpoint, field="--checkpoint")
+        out = causal_lm.export(found, Path(args.out), args.dtype)
+    except ConfigError as exc:
+        return _config_error(exc, env)
+    print(out)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["serve"]:
@@ -55,7 +72,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser(
         "serve", help="serve a checkpoint (Open Inference Protocol); see `serve --help`"
     )
+    export = commands.add_parser(
+        "export", help="write a causal-lm checkpoint as a Hugging Face directory"
+    )
+    export.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a step-XXXXXXXX directory, or a checkpoint root (its newest committed step)",
+    )
+    export.add_argument("--out", required=True, help="the directory to write (replaced)")
+    export.add_argument(
+        "--dtype",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="weight dtype (default: the run's export.dtype)",
+    )
     args = parser.parse_args(argv)
+    if args.command == "export":
+        return _export(args, os.environ)
     return _train(args, os.environ)
 
 

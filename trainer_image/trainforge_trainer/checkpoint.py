@@ -143,18 +143,18 @@ def latest_committed(
     return None
 
 
-def resolve(location: str | Path) -> CommittedCheckpoint:
+def resolve(location: str | Path, field: str = "initFrom") -> CommittedCheckpoint:
     """A step directory, or the newest committed checkpoint of a checkpoint root (initFrom)."""
     path = Path(location)
     if (path / contract.CHECKPOINT_MANIFEST).is_file():
         try:
             return read_checkpoint(path)
         except InvalidCheckpoint as exc:
-            raise config_mod.ConfigError([f"initFrom: {exc} (got {str(path)!r})"]) from None
+            raise config_mod.ConfigError([f"{field}: {exc} (got {str(path)!r})"]) from None
     found = latest_committed(path)
     if found is None:
         raise config_mod.ConfigError(
-            [f"initFrom: no committed checkpoint at {str(path)!r}; give a step-XXXXXXXX directory"]
+            [f"{field}: no committed checkpoint at {str(path)!r}; give a step-XXXXXXXX directory"]
         )
     return found
 
@@ -231,7 +231,11 @@ class Checkpointer:
         attempt: str,
         on_commit: Callable[[CommittedCheckpoint, SaveTimes], None],
         on_blocked: Callable[[float], None] = lambda seconds: None,
+        validation: Callable[[], dict[str, Any]] = dict,
     ) -> None:
+        # The manifest's validation metrics (contract.MANIFEST_METRICS), as of save().
+        self.validation = validation
+        self._validation_at: dict[int, dict[str, Any]] = {}
         self.directory = directory
         self.dist = dist_env
         self.trainer_config = trainer_config
@@ -277,6 +281,7 @@ class Checkpointer:
         """Start (async) or do (sync) a save of `state` at `step`."""
         started = time.perf_counter()
         self.wait()
+        self._validation_at = {step: self.validation()}
         tmp = self.directory / (
             f"{contract.CHECKPOINT_TMP_PREFIX}{contract.checkpoint_dir_name(step)}-{self.attempt}"
         )
@@ -377,6 +382,7 @@ class Checkpointer:
             "bytes": sum(f["bytes"] for f in files.values()),
             "config": self.trainer_config,
             "files": files,
+            **self._validation_at.pop(step, {}),
         }
         _write_durably(tmp / contract.CHECKPOINT_MANIFEST, json.dumps(manifest, indent=1))
         _fsync_dir(tmp)

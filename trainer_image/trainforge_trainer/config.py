@@ -106,6 +106,70 @@ class GptDataConfig(DataLoaderConfig):
     testFraction: float = Field(0.05, ge=0, lt=0.5)
 
 
+class LoraConfig(_Section):
+    r: int = Field(8, ge=1, le=1024, description="Rank of the low-rank update.")
+    alpha: float = Field(16, gt=0, description="Scale of the update is alpha / r.")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    targetModules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj"],
+        min_length=1,
+        description="Names of the Linear layers that get adapters (Llama-style by default).",
+    )
+
+
+class CausalLmModelConfig(_Section):
+    path: str = Field(
+        min_length=1,
+        description=(
+            "A local Hugging Face model directory (config.json, weights, tokenizer files), "
+            "e.g. a PVC path such as /models/base. Nothing is downloaded."
+        ),
+    )
+    activationCheckpointing: bool = Field(
+        False, description="Recompute each decoder block in the backward pass (less memory)."
+    )
+    lora: LoraConfig | None = Field(
+        None, description="Train LoRA adapters (needs peft) instead of all weights."
+    )
+
+
+class CausalLmDataConfig(DataLoaderConfig):
+    path: str = Field(
+        min_length=1,
+        description=(
+            "A JSONL file, or a directory of *.jsonl files (read in name order). Each line: "
+            '{"text": ...}, {"prompt": ..., "completion": ...} or {"messages": [...]} '
+            "(rendered with the tokenizer's chat template)."
+        ),
+    )
+    valPath: str | None = Field(
+        None, description="JSONL for evaluation; unset: the last valFraction of the examples."
+    )
+    seqLen: int = Field(512, ge=8, le=131_072, description="Tokens per training sequence.")
+    packing: bool = Field(
+        True,
+        description=(
+            "Concatenate examples into full sequences (no padding); off: one example per "
+            "sequence, truncated or padded to seqLen."
+        ),
+    )
+    valFraction: float = Field(0.05, ge=0, lt=0.5)
+
+
+class ExportConfig(_Section):
+    path: str | None = Field(
+        None,
+        description=(
+            "Where the final Hugging Face directory goes; unset: `hf` in the checkpoint "
+            "directory. Replaced atomically at the end of every run."
+        ),
+    )
+    dtype: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Weight dtype of the export; auto: the base model's torch_dtype."
+    )
+    maxShardSize: str = Field("5GB", description="Largest model.safetensors shard.")
+
+
 class TrainerConfigBase(_Section):
     maxSteps: int = Field(100, ge=1, description="Optimizer steps to train.")
     batchSize: int = Field(32, ge=1, description="Micro-batch per process (rank).")
@@ -163,7 +227,17 @@ class EntrypointConfig(TrainerConfigBase):
     data: dict[str, Any] = {}
 
 
-TrainerConfig = MlpConfig | GptConfig | EntrypointConfig
+class CausalLmConfig(TrainerConfigBase):
+    """Fine-tune a Hugging Face causal LM (Llama, Mistral, Qwen, ...) from a local directory."""
+
+    recipe: Literal["causal-lm"]
+    model: CausalLmModelConfig
+    data: CausalLmDataConfig
+    export: ExportConfig = ExportConfig()
+
+
+TrainerConfig = MlpConfig | GptConfig | CausalLmConfig | EntrypointConfig
+RECIPES = ("mlp", "gpt", "causal-lm")
 
 
 def _recipe_tag(raw: Any) -> str:
@@ -171,19 +245,21 @@ def _recipe_tag(raw: Any) -> str:
         if raw.get("entrypoint") is not None:
             return "entrypoint"
         recipe = raw.get("recipe", "mlp")
-        return recipe if recipe in ("mlp", "gpt") else "unknown"
+        return recipe if recipe in RECIPES else "unknown"
     return "mlp"
 
 
+_UNKNOWN_RECIPE = "unknown recipe; use 'mlp', 'gpt' or 'causal-lm', or set entrypoint"
 _ADAPTER: TypeAdapter[TrainerConfig] = TypeAdapter(
     Annotated[
         Annotated[MlpConfig, Tag("mlp")]
         | Annotated[GptConfig, Tag("gpt")]
+        | Annotated[CausalLmConfig, Tag("causal-lm")]
         | Annotated[EntrypointConfig, Tag("entrypoint")],
         Discriminator(
             _recipe_tag,
             custom_error_type="recipe",
-            custom_error_message="unknown recipe; use 'mlp' or 'gpt', or set entrypoint",
+            custom_error_message=_UNKNOWN_RECIPE,
         ),
     ]
 )
@@ -197,6 +273,12 @@ def _section_model(tag: str, section: str) -> type[BaseModel] | None:
     by_recipe: dict[str, dict[str, type[BaseModel]]] = {
         "mlp": {"": MlpConfig, "model": MlpModelConfig, "data": MlpDataConfig},
         "gpt": {"": GptConfig, "model": GptModelConfig, "data": GptDataConfig},
+        "causal-lm": {
+            "": CausalLmConfig,
+            "model": CausalLmModelConfig,
+            "data": CausalLmDataConfig,
+            "export": ExportConfig,
+        },
         "entrypoint": {"": EntrypointConfig},
     }
     if section == "checkpoint":
@@ -207,7 +289,7 @@ def _section_model(tag: str, section: str) -> type[BaseModel] | None:
 def _describe(err: ErrorDetails, tag: str) -> str:
     # The first loc element is the union tag ("mlp", "gpt", ...): not part of the user's path.
     loc = [str(p) for p in err["loc"]]
-    if loc and loc[0] in ("mlp", "gpt", "entrypoint"):
+    if loc and loc[0] in (*RECIPES, "entrypoint"):
         loc = loc[1:]
     field = ".".join(loc) or "trainer"
     value = err.get("input")
@@ -220,7 +302,7 @@ def _describe(err: ErrorDetails, tag: str) -> str:
         return f"{field}: unknown field; {fix}"
     if err["type"] == "recipe":
         got = value.get("recipe") if isinstance(value, Mapping) else value
-        return f"recipe: unknown recipe {got!r}; use 'mlp' or 'gpt', or set entrypoint"
+        return f"recipe: {_UNKNOWN_RECIPE.replace('unknown recipe', f'unknown recipe {got!r}')}"
     msg = err["msg"]
     if err["type"] == "value_error":
         # Cross-field checks name their own field: "dModel: must be ... (got ...)".

@@ -8,14 +8,17 @@ group must not interleave between threads, hence a group of their own.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
 from trainforge import contract
+from trainforge_trainer import transport
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,8 @@ class DistEnv:
     device: torch.device
     control_group: dist.ProcessGroup
     checkpoint_group: dist.ProcessGroup
+    # NCCL's log of its transport choice (transport.py); None with gloo only.
+    nccl_log: Path | None = None
 
     @property
     def is_main(self) -> bool:
@@ -62,6 +67,9 @@ def setup(env: Mapping[str, str]) -> DistEnv:
     if use_cuda:
         torch.cuda.set_device(device)
     backend = "cpu:gloo,cuda:nccl" if use_cuda else "gloo"
+    nccl_log = (
+        transport.enable_nccl_log(os.environ, transport.default_log_path(env)) if use_cuda else None
+    )
     # Already initialised when embedded in a program with its own group (the benchmark runs
     # several trainers in one process).
     if not dist.is_initialized():
@@ -79,7 +87,7 @@ def setup(env: Mapping[str, str]) -> DistEnv:
     control = dist.new_group(backend="gloo")
     checkpoint = dist.new_group(backend="gloo")
     assert isinstance(control, dist.ProcessGroup) and isinstance(checkpoint, dist.ProcessGroup)
-    return DistEnv(rank, world_size, local_rank, device, control, checkpoint)
+    return DistEnv(rank, world_size, local_rank, device, control, checkpoint, nccl_log)
 
 
 def teardown() -> None:

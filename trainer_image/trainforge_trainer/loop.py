@@ -40,11 +40,19 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from trainforge import contract
-from trainforge_trainer import checkpoint, config as config_mod, distributed, logs
+from trainforge_trainer import checkpoint, config as config_mod, distributed, logs, transport
 from trainforge_trainer.checkpoint import Checkpointer, CommittedCheckpoint, SaveTimes
 from trainforge_trainer.config import ConfigError, TrainerConfig
 from trainforge_trainer.data import DataPosition, TrainStream, eval_loader
-from trainforge_trainer.metrics import Progress, TrainerMetrics, serve, termination_message_path
+from trainforge_trainer.lm_data import IGNORE_INDEX
+from trainforge_trainer.metrics import (
+    Progress,
+    TrainerMetrics,
+    peak_flops,
+    serve,
+    termination_message_path,
+)
+from trainforge_trainer.push import ProgressPusher
 from trainforge_trainer.recipes import Recipe, build_recipe
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -149,6 +157,9 @@ class Trainer:
         )
         self.step = 0
         self._val_step: int | None = None
+        self._last_committed: CommittedCheckpoint | None = None
+        self._peak_flops = peak_flops(torch.cuda.get_device_name(self.device)) if on_gpu else None
+        self._val_metrics: dict[str, float] = {}  # the last validation, as val_<name>
         self.samples_per_step = cfg.batchSize * cfg.gradAccumSteps * self.dist.world_size
 
         # Telemetry: metrics and /progress on rank 0; the termination message on every pod.
@@ -160,6 +171,11 @@ class Trainer:
             termination_message_path(env) if self.dist.local_rank == 0 else None,
         )
         self._server = self._serve_metrics()
+        self._transport: str | None = None
+        # Live progress to the operator (push.py): rank 0 only, when the operator asked for it.
+        self._pusher = (
+            ProgressPusher.from_env(env, self._progress_to_push) if self.dist.is_main else None
+        )
 
         ckpt_dir = Path(env.get(contract.ENV_CHECKPOINT_DIR, contract.DEFAULT_CHECKPOINT_MOUNT))
         self.checkpointer = Checkpointer(
@@ -171,6 +187,7 @@ class Trainer:
             attempt=env.get(contract.ENV_RESTART_ATTEMPT, "0"),
             on_commit=self._on_commit,
             on_blocked=self._on_checkpoint_blocked,
+            validation=self._validation_for_manifest,
         )
         self._last_save_time = time.monotonic()
         # Training-mode forward passes update buffers such as BatchNorm statistics.
@@ -210,6 +227,20 @@ class Trainer:
             # Metrics are not worth failing a training run for.
             logs.warning("metrics_server_failed", port=port, reason=str(exc))
             return None
+
+    def _validation_for_manifest(self) -> dict[str, Any]:
+        """The newest validation results, for quality-gated reload in the servers."""
+        if not self._val_metrics or self._val_step is None:
+            return {}
+        return {
+            contract.MANIFEST_METRICS: dict(self._val_metrics),
+            contract.MANIFEST_METRICS_STEP: self._val_step,
+        }
+
+    def _progress_to_push(self) -> dict[str, Any]:
+        """Nothing before the first step: a step 0 would start the progress deadline early."""
+        record = self.progress.snapshot()
+        return record if record.get("step") else {}
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._stop_requested = True
@@ -295,6 +326,7 @@ class Trainer:
 
     def _on_commit(self, committed: CommittedCheckpoint, times: SaveTimes | None) -> None:
         """After a save commits (times) or a resume from a committed checkpoint (None)."""
+        self._last_committed = committed
         if self.metrics is not None:
             self.metrics.last_committed_step.set(committed.step)
             if times is not None:
@@ -303,6 +335,8 @@ class Trainer:
                 self.metrics.checkpoint_bytes_total.inc(committed.manifest["bytes"])
         self.progress.update(checkpoint=committed.record())
         self.progress.write()
+        if self._pusher is not None:
+            self._pusher.wake()  # a committed checkpoint is news for serving: push it now
         if times is not None:
             logs.event(
                 "checkpoint_committed",
@@ -395,7 +429,8 @@ class Trainer:
             inputs, targets = inputs.to(self.device), targets.to(self.device)
             with self._autocast():
                 out = self.model(inputs)
-            n = targets.numel()
+            # Context tokens of an LM (target IGNORE_INDEX) are not predictions.
+            n = (targets != IGNORE_INDEX).sum()
             sums[0] += self.recipe.loss(out, targets).double() * n
             sums[1] += n
             if self.recipe.metric == "accuracy":
@@ -413,6 +448,8 @@ class Trainer:
             result["accuracy"] = correct / count
         elif self.recipe.metric == "perplexity":
             result["perplexity"] = math.exp(min(result["loss"], 50.0))
+        if split == "val":
+            self._val_metrics = {f"val_{k}": v for k, v in result.items() if math.isfinite(v)}
         logs.event(
             "eval", split=split, step=self.step, **{k: round(v, 6) for k, v in result.items()}
         )
@@ -488,8 +525,28 @@ class Trainer:
         if self._val_step != self.step:  # unless the loop just did
             self.evaluate("val")
         self.evaluate("test")
+        self._export()
         logs.event("training_finished", step=self.step)
         return 0
+
+    def _export(self) -> None:
+        """causal-lm: the final checkpoint as a Hugging Face directory (rank 0 writes it)."""
+        cfg = self.cfg
+        if not isinstance(cfg, config_mod.CausalLmConfig) or self._last_committed is None:
+            return
+        error: str | None = None
+        if self.dist.is_main:
+            from trainforge_trainer import causal_lm
+
+            out = causal_lm.default_export_dir(cfg, self.checkpointer.directory)
+            try:
+                causal_lm.export(self._last_committed, out)
+            except Exception as exc:
+                error = repr(exc)
+        # Every rank waits for the export and fails with it: the pods end together.
+        error = self.dist.broadcast_object(error)
+        if error is not None:
+            raise RuntimeError(f"export of step {self.step} failed: {error}")
 
     def run(self) -> int:
         """Train to maxSteps (exit 0) or until SIGTERM (checkpoint, EXIT_PREEMPTED)."""
@@ -515,9 +572,23 @@ class Trainer:
         }
         if tokens:
             fields["tokensPerSecond"] = round(samples_s * tokens, 1)
+        mfu = None
+        if tokens and self.recipe.flops_per_token and self._peak_flops:
+            achieved = samples_s * tokens * self.recipe.flops_per_token
+            mfu = achieved / (self._peak_flops * self.dist.world_size)
+            fields["mfu"] = round(mfu, 4)
         logs.event("progress", **fields)
+        remaining = max(0, self.cfg.maxSteps - self.step)
+        if self._transport is None and self.dist.is_main:
+            # Known once the first collectives ran (NCCL connects lazily).
+            self._transport = transport.detect(self.device.type == "cuda", self.dist.nccl_log)
+            if self._transport:
+                self.progress.update(transport=self._transport)
         self.progress.update(
-            step=self.step, loss=fields["loss"], samplesPerSecond=fields["samplesPerSecond"]
+            step=self.step,
+            loss=fields["loss"],
+            samplesPerSecond=fields["samplesPerSecond"],
+            etaSeconds=round(remaining * elapsed / steps, 1),
         )
         self.progress.write()
         if self.metrics is not None:
@@ -525,6 +596,8 @@ class Trainer:
             self.metrics.samples_per_second.set(samples_s)
             if tokens:
                 self.metrics.tokens_per_second.set(samples_s * tokens)
+            if mfu is not None:
+                self.metrics.mfu.set(mfu)
 
     def close(self) -> None:
         try:
@@ -532,6 +605,8 @@ class Trainer:
         finally:
             if self._server is not None:
                 self._server.shutdown()
+            if self._pusher is not None:
+                self._pusher.close()
             distributed.teardown()
 
 

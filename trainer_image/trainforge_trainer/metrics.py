@@ -55,6 +55,11 @@ class TrainerMetrics:
         self.tokens_per_second = Gauge(
             p + "tokens_per_second", "Training tokens per second, all ranks.", registry=r
         )
+        self.mfu = Gauge(
+            p + "mfu",
+            "Model FLOPs utilisation: achieved training FLOP/s over the GPUs' bf16 peak.",
+            registry=r,
+        )
         self.step_seconds = Histogram(
             p + "step_seconds",
             "Wall time of one optimizer step.",
@@ -96,6 +101,29 @@ class TrainerMetrics:
             ["split", "metric"],
             registry=r,
         )
+
+
+# Dense bf16/fp16 tensor-core peak per GPU (FLOP/s, vendor datasheets), by device name.
+_PEAK_FLOPS = (
+    ("H200", 989e12),
+    ("H100", 989e12),
+    ("H800", 989e12),
+    ("GH200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("A10", 125e12),
+)
+
+
+def peak_flops(device_name: str) -> float | None:
+    """The GPU's bf16 peak, when known (MFU is reported only then)."""
+    for key, flops in _PEAK_FLOPS:
+        if key in device_name:
+            return flops
+    return None
 
 
 class Progress:

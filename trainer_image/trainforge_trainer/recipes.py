@@ -1,4 +1,5 @@
-"""What to train: the built-in recipes (`mlp`, `gpt`) and the user hook (`entrypoint`).
+"""What to train: the built-in recipes (`mlp`, `gpt`, `causal-lm`) and the user hook
+(`entrypoint`). causal-lm (Hugging Face models) lives in causal_lm.py.
 
 A user hook is a function `fn(config: EntrypointConfig)` in an importable module that returns
 either a `Recipe` or a tuple `(model, datasets, loss)`: `datasets` maps "train" (required),
@@ -27,6 +28,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from trainforge_trainer.config import (
+    CausalLmConfig,
     ConfigError,
     EntrypointConfig,
     GptConfig,
@@ -50,6 +52,8 @@ class Recipe:
     metric: Literal["accuracy", "perplexity"] | None = None
     # Tokens per sample, for tokens/s (None: not a token model).
     tokens_per_sample: int | None = None
+    # Training FLOPs per token, for MFU (None: not estimated).
+    flops_per_token: float | None = None
 
 
 def cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -64,6 +68,10 @@ def build_model(config: TrainerConfig) -> nn.Module:
     if isinstance(config, GptConfig):
         g = config.model
         return Gpt(g.vocabSize, g.seqLen, g.dModel, g.nLayers, g.nHeads, g.dropout)
+    if isinstance(config, CausalLmConfig):
+        from trainforge_trainer import causal_lm  # transformers: only for this recipe
+
+        return causal_lm.build_model(config)
     return _call_entrypoint(config).model
 
 
@@ -72,6 +80,8 @@ def build_recipe(config: TrainerConfig) -> Recipe:
         return _mlp(config)
     if isinstance(config, GptConfig):
         return _gpt(config)
+    if isinstance(config, CausalLmConfig):
+        return _causal_lm(config)
     return _call_entrypoint(config)
 
 
@@ -194,6 +204,22 @@ def _gpt(config: GptConfig) -> Recipe:
         loss=cross_entropy,
         metric="perplexity",
         tokens_per_sample=m.seqLen,
+    )
+
+
+def _causal_lm(config: CausalLmConfig) -> Recipe:
+    from trainforge_trainer import causal_lm
+
+    train, val = causal_lm.datasets(config, causal_lm.load_tokenizer(config.model.path))
+    model = build_model(config)
+    return Recipe(
+        model=model,
+        train=train,
+        val=val,
+        loss=causal_lm.lm_loss,
+        metric="perplexity",
+        tokens_per_sample=config.data.seqLen,
+        flops_per_token=causal_lm.flops_per_token(model, config.data.seqLen),
     )
 
 

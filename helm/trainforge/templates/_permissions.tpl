@@ -103,3 +103,14 @@ of a POST, so create covers any Lease in the release namespace. */}}
   resources: [leases]
   verbs: [create]
 {{- end -}}
+
+
+{{/* Live progress (progress.enabled): the operator checks each worker's projected token with a
+TokenReview. TokenReviews are cluster-scoped (a ClusterRole whatever the watch scope); create
+is the only verb they have, and it reveals nothing but the verdict on a token the caller
+already holds. */}}
+{{- define "trainforge.progressRules" -}}
+- apiGroups: [authentication.k8s.io]
+  resources: [tokenreviews]
+  verbs: [create]
+{{- end -}}

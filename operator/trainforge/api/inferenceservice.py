@@ -72,9 +72,23 @@ OPERATOR_ENV_NAMES = (
 OPERATOR_POD_FIELDS = ("restartPolicy",)
 
 Quantize = Literal["none", "int8"]
+Runtime = Literal["trainforge", "vllm"]
 
 
 # --- model source ----------------------------------------------------------------------------
+
+
+class ReloadPolicy(ApiModel):
+    """Quality-gated reload: the servers switch to a newer checkpoint only when the metric
+    in its manifest (the trainer records its newest validation results there) is no worse
+    than the served checkpoint's. Skipped steps show in status.model.skippedStep and the
+    trainforge_serve_skipped_step metric."""
+
+    metric: str = Field(max_length=63, pattern=r"^[a-z][a-z0-9_]*$")
+    """Manifest metric to compare, e.g. val_loss, val_accuracy or val_perplexity (the
+    bundled trainer writes val_<name> for each validation result)."""
+    mode: Literal["min", "max"] = "min"
+    """min: lower is better (losses); max: higher is better (accuracy)."""
 
 
 class ModelSource(ApiModel):
@@ -110,6 +124,9 @@ class ModelSource(ApiModel):
     the root. Only with claimName."""
     name: str | None = Field(default=None, max_length=128, pattern=MODEL_NAME_PATTERN)
     """Model name clients use in /v2/models/{name}; default: the InferenceService's name."""
+    reload_policy: ReloadPolicy | None = None
+    """Switch to a newer checkpoint only when it is no worse on a validation metric; unset:
+    always serve the newest committed checkpoint."""
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSource:
@@ -273,7 +290,18 @@ class Server(ApiModel):
     """int8: dynamic int8 quantization of Linear layers (CPU serving only)."""
     startup_timeout_seconds: int = Field(default=600, ge=10, le=86_400)
     """How long a new replica may take to start listening (image with torch, CUDA init)
-    before the kubelet restarts it; loading the weights afterwards only delays readiness."""
+    before the kubelet restarts it; loading the weights afterwards only delays readiness.
+    vLLM listens only once the model is loaded: allow for that too."""
+    runtime: Runtime = "trainforge"
+    """trainforge: the bundled server (Open Inference Protocol, and OpenAI-compatible
+    endpoints for causal-lm checkpoints, with hot reload). vllm: vLLM's OpenAI server over
+    the Hugging Face export a causal-lm run writes (`hf` in the checkpoint directory); needs
+    spec.image (a vLLM image) and serves the export present when a replica starts."""
+    vllm_args: list[Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=list, max_length=64
+    )
+    """Extra vLLM server flags, e.g. [--max-model-len, "4096", --dtype, bfloat16]
+    (runtime vllm only)."""
 
 
 # --- pod template ----------------------------------------------------------------------------
@@ -320,6 +348,24 @@ class InferenceServiceSpec(ApiModel):
                 field_path=".resources.requests",
             ),
             cel(
+                "self.server.runtime != 'vllm' || has(self.image)",
+                "server.runtime vllm needs spec.image: a vLLM image such as "
+                "vllm/vllm-openai:<version> (the trainer image has no vLLM)",
+                field_path=".image",
+            ),
+            cel(
+                "self.server.runtime == 'vllm' || !has(self.server.vllmArgs)"
+                " || size(self.server.vllmArgs) == 0",
+                "server.vllmArgs applies only with server.runtime vllm; remove it",
+                field_path=".server.vllmArgs",
+            ),
+            cel(
+                "self.server.runtime != 'vllm' || self.server.quantize == 'none'",
+                "server.quantize int8 is the bundled server's; with runtime vllm pass vLLM's "
+                "own flags in server.vllmArgs (e.g. --quantization)",
+                field_path=".server.quantize",
+            ),
+            cel(
                 "self.server.quantize != 'int8' || self.resources.gpus == 0",
                 "server.quantize int8 runs on CPU only; set resources.gpus to 0 or quantize "
                 "to none",
@@ -360,6 +406,19 @@ class InferenceServiceSpec(ApiModel):
                 "of which utilization is a percentage; set it, e.g. cpu: 1, or autoscale on "
                 "autoscaling.metrics only"
             )
+        server = self.server
+        if server.runtime == "vllm" and self.image is None:
+            raise ValueError(
+                "server.runtime vllm needs spec.image: a vLLM image such as "
+                "vllm/vllm-openai:<version> (the trainer image has no vLLM)"
+            )
+        if server.runtime != "vllm" and server.vllm_args:
+            raise ValueError("server.vllmArgs applies only with server.runtime vllm; remove it")
+        if server.runtime == "vllm" and server.quantize != "none":
+            raise ValueError(
+                "server.quantize int8 is the bundled server's; with runtime vllm pass vLLM's "
+                "own flags in server.vllmArgs (e.g. --quantization)"
+            )
         if self.server.quantize == "int8" and self.resources.gpus:
             raise ValueError(
                 f"server.quantize int8 runs on CPU only (resources.gpus is "
@@ -398,6 +457,13 @@ class ModelStatus(ApiModel):
     """Training step of the TrainingJob's newest committed checkpoint."""
     training_job: str | None = Field(default=None, max_length=253)
     """The TrainingJob the checkpoints come from."""
+    served_step: int | None = Field(default=None, ge=0, le=2**53)
+    """The step the servers actually serve: the lowest one any replica reported in the last
+    5 minutes (each replica reports after every load and every minute). Follows a reload
+    within 30 s."""
+    skipped_step: int | None = Field(default=None, ge=0, le=2**53)
+    """With model.reloadPolicy: the newest step a server refused as worse than the one it
+    serves."""
 
 
 class InferenceServiceStatus(ApiModel):

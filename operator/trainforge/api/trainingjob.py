@@ -241,6 +241,10 @@ class Rdma(ApiModel):
     level is privileged. Set false where the nodes' container runtime already allows
     unlimited locked memory (RLIMIT_MEMLOCK, e.g. LimitMEMLOCK=infinity for containerd): the
     pod then runs as the image's non-root user and passes the restricted level."""
+    require_rdma: bool = Field(default=False, alias="requireRDMA")
+    """Fail the job (reason RDMARequired) instead of letting it run slowly when a requested
+    network is not attached to a worker or NCCL reports that it runs over TCP sockets.
+    Without it those are conditions (RDMAAttached, RDMAActive=False/FellBackToTCP)."""
 
     @model_validator(mode="after")
     def _networks_listed_once(self) -> Rdma:
@@ -395,6 +399,15 @@ class FailurePolicy(ApiModel):
     )
     """Exit codes that fail the job at once instead of restarting the gang. 78 (the bundled
     trainer's configuration error) always does."""
+    progress_deadline_seconds: int | None = Field(default=None, ge=30, le=7 * 86_400)
+    """Hang detection: a Running job whose step has not changed for this long (a hung NCCL
+    collective, a stuck data loader) gets a gang restart with reason NoProgress, counted
+    against maxRestarts. Needs live progress (the bundled trainer pushes it; see
+    docs/trainer.md). Off when unset."""
+    startup_deadline_seconds: int | None = Field(default=None, ge=30, le=7 * 86_400)
+    """With progressDeadlineSeconds: the allowance for the first step after the gang starts
+    running (rendezvous, loading data and the checkpoint, compiling). Default:
+    progressDeadlineSeconds + 600."""
 
 
 # --- scheduling ----------------------------------------------------------------------------
@@ -695,6 +708,32 @@ class Progress(ApiModel):
     """Last training loss."""
     samples_per_second: float | None = Field(default=None, ge=0, le=1e15)
     """Training throughput across all workers."""
+    eta_seconds: float | None = Field(default=None, ge=0, le=1e12)
+    """Estimated seconds until totalSteps, at the current step rate."""
+    transport: Literal["InfiniBand", "RoCE", "Socket"] | None = None
+    """What the collectives run over, as the trainer detected it (NCCL's own log, or Socket
+    for gloo)."""
+    updated_at: str | None = Field(default=None, max_length=64)
+    """RFC 3339 time (operator clock) the step last changed; progressDeadlineSeconds counts
+    from here."""
+
+
+class NetworkAttachment(ApiModel):
+    """One network Multus attached to a worker (its network-status annotation)."""
+
+    network: str = Field(max_length=253)
+    """NetworkAttachmentDefinition as namespace/name."""
+    interface: str = Field(default="", max_length=64)
+    """Interface inside the pod, e.g. net1."""
+
+
+class WorkerNetworks(ApiModel):
+    """The networks attached to one worker pod."""
+
+    worker: str = Field(max_length=253)
+    """Worker pod name."""
+    attachments: list[NetworkAttachment] = Field(default_factory=list, max_length=32)
+    """Its non-default networks, as Multus reports them."""
 
 
 class TrainingJobStatus(ApiModel):
@@ -728,6 +767,9 @@ class TrainingJobStatus(ApiModel):
     """Newest committed checkpoint."""
     progress: Progress | None = None
     """Training progress."""
+    networks: list[WorkerNetworks] | None = Field(default=None, max_length=1024)
+    """With spec.network.rdma.networks, while all workers run: the networks Multus attached
+    to each one (read back from k8s.v1.cni.cncf.io/network-status)."""
 
 
 # --- the whole object ------------------------------------------------------------------------

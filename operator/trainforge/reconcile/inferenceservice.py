@@ -128,6 +128,9 @@ class Observed:
     # The spec as the runner parsed it (once per generation), or why it is invalid; None:
     # the plan parses it.
     spec: InferenceServiceSpec | InvalidSpec | None = None
+    # (lowest step the server replicas report serving, newest step one skipped under the
+    # reload policy) from progress/store.py; None: unknown.
+    served_step: tuple[int | None, int | None] = (None, None)
 
 
 @dataclass
@@ -273,6 +276,13 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
 
     resolution = resolve_model(namespace, spec, obs.job)
     status["model"] = resolution.model
+    if resolution.model is not None:  # served-step hook (progress/)
+        served, skipped = obs.served_step
+        status["model"] = {
+            **resolution.model,
+            **({"servedStep": served} if served is not None else {}),
+            **({"skippedStep": skipped} if skipped is not None else {}),
+        }
     mount = resolution.mount
     if mount is not None and obs.claim_exists is False:
         resolution = Resolution(

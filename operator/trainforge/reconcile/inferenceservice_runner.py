@@ -74,8 +74,10 @@ class InferenceServiceRunner(core.Runner[Memory, InferenceServiceSpec]):
         settings: RenderSettings,
         pods_cannot_start: PodProblemsLookup,
         api: kube.Api = kube,
+        served: Callable[[str], tuple[int | None, int | None]] = lambda uid: (None, None),
     ) -> None:
         super().__init__(services, Memory, parse_spec, metrics.INFERENCESERVICES, api)
+        self._served = served  # served-step hook: the step the servers report (progress/)
         self._jobs = jobs
         self._children = children
         self._pods_cannot_start = pods_cannot_start
@@ -101,6 +103,7 @@ class InferenceServiceRunner(core.Runner[Memory, InferenceServiceSpec]):
             in_flight=self._in_flight(children, memory),
             pods_cannot_start=sorted(self._pods_cannot_start((namespace, meta["name"]))),
             spec=spec,
+            served_step=self._served(meta["uid"]),
         )
         result = plan(observed, self._settings)
         self._apply(service, result, memory, {child.kind for child in children})

@@ -13,6 +13,7 @@ metrics, status write and error path are the controller core's (reconcile/core.p
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -21,6 +22,8 @@ from typing import Any, ClassVar
 
 from trainforge import contract, kube, metrics, workqueue
 from trainforge.api import InvalidSpec, TrainingJobSpec
+from trainforge.progress.policy import WRITE_INTERVAL_SECONDS, next_write_delay, progress_only
+from trainforge.progress.store import Report
 from trainforge.reconcile import core
 from trainforge.reconcile.children import Problem, write_child
 from trainforge.reconcile.common import parse_time
@@ -71,6 +74,8 @@ class Memory(core.Memory):
     created_kinds: set[str] = field(default_factory=set)
     # What stopped the last attempt to create children (reconcile/children.py).
     rejected: list[Problem] = field(default_factory=list)
+    # time.monotonic() of the last status write (the progress write rate-limit).
+    last_write: float | None = None
 
 
 # What to change when the API server refuses a child of this kind.
@@ -92,8 +97,10 @@ class TrainingJobRunner(core.Runner[Memory, TrainingJobSpec]):
         children: ChildrenLookup,
         settings: RenderSettings,
         api: kube.Api = kube,
+        live: Callable[[str], Report | None] = lambda uid: None,
     ) -> None:
         super().__init__(jobs, Memory, parse_spec, metrics.TRAININGJOBS, api)
+        self._live = live  # live progress hook: the newest pushed report of a job uid
         self._pods = pods
         self._children = children
         self._settings = settings
@@ -112,6 +119,7 @@ class TrainingJobRunner(core.Runner[Memory, TrainingJobSpec]):
             children_present=self._children_present(job, memory),
             rejected=memory.rejected,
             spec=spec,
+            live=self._live(job["metadata"]["uid"]),
         )
         result = plan(observed, self._settings)
         before = memory.rejected
@@ -200,7 +208,7 @@ class TrainingJobRunner(core.Runner[Memory, TrainingJobSpec]):
             result.status["restartAttempt"] != memory.attempt
         )
         if status_first:
-            self.write_status(job, old_status, result.status, memory)
+            self._write_status(job, old_status, result, memory)
         phase = result.status["phase"]
         metrics.TRAININGJOBS.set(meta["uid"], meta["namespace"], phase)
         if result.counted_restart or result.status["restartAttempt"] != memory.attempt:
@@ -241,7 +249,7 @@ class TrainingJobRunner(core.Runner[Memory, TrainingJobSpec]):
             else:
                 memory.created_kinds.add(kind)
         if not status_first:
-            self.write_status(job, old_status, result.status, memory)
+            self._write_status(job, old_status, result, memory)
         for type_, reason, message in result.events:
             self.api.emit_event(job, type_, reason, message)
         if result.delete_job:
@@ -251,3 +259,20 @@ class TrainingJobRunner(core.Runner[Memory, TrainingJobSpec]):
                 meta["name"],
             )
             self.api.delete(self.ref(job), uid=meta["uid"])
+
+    def _write_status(
+        self, job: dict[str, Any], old_status: dict[str, Any], result: Plan, memory: Memory
+    ) -> None:
+        """The core's status write, except that a change of live progress alone waits for the
+        per-job write interval (progress/policy.py)."""
+        if result.status == old_status:
+            return
+        if progress_only(old_status, result.status):
+            wait = next_write_delay(memory.last_write, time.monotonic(), WRITE_INTERVAL_SECONDS)
+            if wait > 0:
+                metrics.PROGRESS_STATUS_WRITES.labels("postponed").inc()
+                result.requeue_after = min(wait, result.requeue_after or wait)
+                return
+            metrics.PROGRESS_STATUS_WRITES.labels("written").inc()
+        memory.last_write = time.monotonic()
+        self.write_status(job, old_status, result.status, memory)

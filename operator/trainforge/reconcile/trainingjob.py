@@ -26,11 +26,13 @@ from trainforge.api.common import ApiModel
 from trainforge.api.trainingjob import CheckpointStatus, Progress
 from trainforge.reconcile import common
 from trainforge.reconcile.pods import cannot_start
+from trainforge.reconcile.rdma import NETWORK_STATUS_ANNOTATION, Attachments, parse_network_status
 from trainforge.reconcile.trainingjob_policies import Context, decide
 from trainforge.reconcile.trainingjob_policies.context import (
     CONDITION_TYPES as CONDITION_TYPES,
     FAILED as FAILED,
     PENDING as PENDING,
+    PROGRESS_FIELDS as PROGRESS_FIELDS,
     RESTARTING as RESTARTING,
     RUNNING as RUNNING,
     SUCCEEDED as SUCCEEDED,
@@ -59,6 +61,8 @@ class PodView:
     progress: dict[str, Any] | None = None
     # (kubelet reason, message) when a container cannot start (reconcile/pods.py).
     cannot_start: tuple[str, str] | None = None
+    # Networks Multus attached (reconcile/rdma.py); None without a network-status annotation.
+    networks: Attachments | None = None
 
     @property
     def active(self) -> bool:
@@ -94,17 +98,19 @@ def pod_view(pod: dict[str, Any]) -> PodView:
         if scheduled.get("status") == "False" and scheduled.get("reason") == "Unschedulable"
         else "",
         spec_hash=meta.get("annotations", {}).get(contract.ANNOTATION_SPEC_HASH, ""),
-        progress=_progress(terminated.get("message") if terminated else None),
+        progress=sanitised_progress(terminated.get("message") if terminated else None),
         cannot_start=cannot_start(pod),
+        networks=parse_network_status(
+            meta.get("annotations", {}).get(NETWORK_STATUS_ANNOTATION)
+        ),  # RDMA readback hook
     )
 
 
 # The kubelet keeps at most 4 KiB of a termination message; anything longer is not the trainer's.
 MAX_TERMINATION_MESSAGE = 4096
-PROGRESS_FIELDS = ("step", "totalSteps", "loss", "samplesPerSecond")
 
 
-def _progress(message: str | None) -> dict[str, Any] | None:
+def sanitised_progress(message: str | None) -> dict[str, Any] | None:
     """The trainer's progress record from a termination message (contract.py), sanitised.
 
     The message is written by the worker, so it is untrusted: every field is checked against
@@ -166,6 +172,8 @@ class Observed:
     # The spec as the runner parsed it (once per generation), or why it is invalid; None:
     # the plan parses it.
     spec: TrainingJobSpec | InvalidSpec | None = None
+    # The newest pushed live report (restart attempt, sanitised record): progress/store.py.
+    live: tuple[int, dict[str, Any]] | None = None
 
 
 @dataclass

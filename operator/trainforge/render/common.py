@@ -28,6 +28,8 @@ class RenderSettings:
 
     default_image: str = DEFAULT_TRAINER_IMAGE
     """Trainer image for jobs without spec.image."""
+    progress_url: str = ""
+    """Where rank 0 pushes live progress (the operator's progress endpoint); empty: no push."""
 
 
 @dataclass(frozen=True)

@@ -27,9 +27,13 @@ from trainforge.render.common import (
     with_hash,
 )
 from trainforge.render.merge import merge
+from trainforge.render.progress import progress_env, progress_mount, progress_volume
 
 CHECKPOINT_VOLUME = "checkpoints"
 SERVER_MODULE = "trainforge_trainer"
+# runtime vllm: vLLM's OpenAI server, and the health path it answers once the engine runs.
+VLLM_MODULE = "vllm.entrypoints.openai.api_server"
+VLLM_HEALTH_PATH = "/health"
 SERVICE_PORT = 80  # the URL carries no port
 STARTUP_PROBE_PERIOD = 5
 
@@ -106,6 +110,12 @@ def server_env(name: str, spec: InferenceServiceSpec, mount: ModelMount) -> list
         env_var(contract.ENV_SERVE_QUANTIZE, server.quantize),
         *security.scratch_env(),
     ]
+    policy = spec.model.reload_policy
+    if policy is not None:
+        env += [
+            env_var(contract.ENV_SERVE_RELOAD_METRIC, policy.metric),
+            env_var(contract.ENV_SERVE_RELOAD_MODE, policy.mode),
+        ]
     user = [var.to_json() for var in spec.env]
     overridden = {var["name"] for var in user}
     return [var for var in env if var["name"] not in overridden] + user
@@ -133,14 +143,40 @@ def _probe(path: str, period: int, failures: int, timeout: int = 1) -> dict[str,
     }
 
 
+def vllm_command(name: str, spec: InferenceServiceSpec, mount: ModelMount) -> list[str]:
+    """vLLM's OpenAI server over the Hugging Face export of the checkpoint directory."""
+    return [
+        "python3",
+        "-m",
+        VLLM_MODULE,
+        "--model",
+        f"{mount.checkpoint_dir.rstrip('/')}/{contract.EXPORT_DIR_NAME}",
+        "--served-model-name",
+        spec.model.name or name,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(contract.SERVE_DEFAULT_PORT),
+        *spec.server.vllm_args,
+    ]
+
+
 def server_container(
     name: str, spec: InferenceServiceSpec, mount: ModelMount, settings: RenderSettings
 ) -> dict[str, Any]:
+    vllm = spec.server.runtime == "vllm"
     container: dict[str, Any] = {
         "name": contract.SERVE_CONTAINER_NAME,
         "image": spec.image or settings.default_image,
-        "command": ["python", "-m", SERVER_MODULE, "serve"],
-        "env": server_env(name, spec, mount),
+        "command": (
+            vllm_command(name, spec, mount) if vllm else ["python", "-m", SERVER_MODULE, "serve"]
+        ),
+        # vLLM reads no TRAINFORGE_SERVE_*; offline: the model is on the volume, never a hub.
+        "env": (
+            [env_var("HF_HUB_OFFLINE", 1), *(var.to_json() for var in spec.env)]
+            if vllm
+            else server_env(name, spec, mount) + progress_env(settings.progress_url)
+        ),
         "ports": [
             {
                 "name": contract.SERVE_PORT_NAME,
@@ -155,18 +191,20 @@ def server_container(
     container["volumeMounts"] = [
         {"name": CHECKPOINT_VOLUME, "mountPath": mount.mount_path, "readOnly": True},
         security.scratch_mount(),
+        *progress_mount(settings.progress_url),  # served-step push hook (render/progress.py)
     ]
     container["securityContext"] = security.container_security_context()
     # The server listens within seconds of starting (importing torch, initialising CUDA) and
     # is live from then on; loading the weights only holds readiness back. The startup probe
     # gives slow images their time before the liveness probe may restart them.
+    # vLLM listens only once the weights are loaded, and then its /health is both.
+    live = VLLM_HEALTH_PATH if vllm else contract.SERVE_PATH_LIVE
+    ready = VLLM_HEALTH_PATH if vllm else contract.SERVE_PATH_READY
     startup_failures = math.ceil(spec.server.startup_timeout_seconds / STARTUP_PROBE_PERIOD)
-    container["startupProbe"] = _probe(
-        contract.SERVE_PATH_LIVE, STARTUP_PROBE_PERIOD, startup_failures
-    )
+    container["startupProbe"] = _probe(live, STARTUP_PROBE_PERIOD, startup_failures)
     # A server busy with large batches answers slowly but is alive: a generous timeout.
-    container["livenessProbe"] = _probe(contract.SERVE_PATH_LIVE, 10, 3, timeout=5)
-    container["readinessProbe"] = _probe(contract.SERVE_PATH_READY, 5, 2, timeout=5)
+    container["livenessProbe"] = _probe(live, 10, 3, timeout=5)
+    container["readinessProbe"] = _probe(ready, 5, 2, timeout=5)
     return container
 
 
@@ -191,6 +229,7 @@ def deployment(
                 "persistentVolumeClaim": {"claimName": mount.claim_name, "readOnly": True},
             },
             security.scratch_volume(),
+            *progress_volume(settings.progress_url),
         ],
     }
     if spec.resources.gpus:

@@ -32,6 +32,7 @@ from trainforge.render.common import (
 )
 from trainforge.render.gang import gang
 from trainforge.render.merge import merge
+from trainforge.render.progress import progress_env, progress_mount, progress_volume
 
 MULTUS_NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
 HOSTNAME_TOPOLOGY_KEY = "kubernetes.io/hostname"
@@ -318,7 +319,9 @@ def _trainer_container(
     }
     if spec.args is not None:
         container["args"] = list(spec.args)
-    container["env"] = worker_env(job_name, spec, index, attempt)
+    container["env"] = worker_env(job_name, spec, index, attempt) + progress_env(
+        settings.progress_url
+    )  # live progress hook (render/progress.py)
     container["ports"] = [
         {"name": RENDEZVOUS_PORT_NAME, "containerPort": contract.DEFAULT_MASTER_PORT},
         {"name": METRICS_PORT_NAME, "containerPort": contract.DEFAULT_METRICS_PORT},
@@ -329,7 +332,7 @@ def _trainer_container(
     mounts = [{"name": SHM_VOLUME, "mountPath": contract.SHM_MOUNT}, security.scratch_mount()]
     if spec.checkpoint is not None:
         mounts.append({"name": CHECKPOINT_VOLUME, "mountPath": spec.checkpoint.mount_path})
-    container["volumeMounts"] = mounts
+    container["volumeMounts"] = mounts + progress_mount(settings.progress_url)
     rdma = spec.network.rdma if spec.network else None
     container["securityContext"] = security.container_security_context(
         ipc_lock=rdma is not None and rdma.ipc_lock
@@ -426,7 +429,7 @@ def worker_pod(
         "enableServiceLinks": False,
         "securityContext": security.pod_security_context(),
         "containers": [_trainer_container(job.name, spec, index, attempt, settings)],
-        "volumes": _volumes(job.name, spec),
+        "volumes": _volumes(job.name, spec) + progress_volume(settings.progress_url),
     }
     scheduling = spec.scheduling
     scheduler = integration.scheduler_name or scheduling.scheduler_name

@@ -10,6 +10,8 @@ Routes (model routes also under /v2/models/{name}/versions/{version}/...):
     GET  /v2/models/{name}/ready  as /v2/health/ready, for this model
     POST /v2/models/{name}/infer  inference
     GET  /metrics                 Prometheus text
+    /v1/models, /v1/completions, /v1/chat/completions   OpenAI-compatible, for causal-lm
+                                  checkpoints (openai_api.py)
 
 Every error is JSON `{"error": "..."}` (the HTTP parser's own errors too): 4xx for the
 client's mistakes, 503 while not ready. Inference speaks JSON and the binary tensor data
@@ -22,6 +24,7 @@ import asyncio
 import contextlib
 import functools
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -36,10 +39,12 @@ from aiohttp.web_request import BaseRequest
 
 from trainforge import contract
 from trainforge_trainer import logs
+from trainforge_trainer.push import ProgressPusher
 from trainforge_trainer.serve import protocol
 from trainforge_trainer.serve.batcher import DynamicBatcher
 from trainforge_trainer.serve.metrics import ServeMetrics
 from trainforge_trainer.serve.model_store import LOAD_ERRORS, ModelStore, ServedModel, describe
+from trainforge_trainer.serve.openai_api import OpenAiRoutes
 from trainforge_trainer.serve.settings import ServeSettings
 
 # In-flight requests get this long to finish once the server stops listening.
@@ -103,6 +108,11 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
+# A replica re-sends its served step this often even when unchanged, so a restarted or newly
+# elected operator learns it again.
+SERVED_STEP_REPEAT_SECONDS = 60.0
+
+
 class InferenceServer:
     def __init__(self, settings: ServeSettings) -> None:
         self.settings = settings
@@ -113,6 +123,8 @@ class InferenceServer:
             resolve_device(settings.device),
             on_loaded=self._on_loaded,
             on_failed=lambda: self.metrics.reloads.labels("failed").inc(),
+            gate=(settings.reload_metric, settings.reload_mode) if settings.reload_metric else None,
+            on_skipped=self._on_skipped,
         )
         self.batcher = DynamicBatcher(
             self._run_batch,
@@ -121,8 +133,14 @@ class InferenceServer:
             observe=self._on_batch,
             thread_setup=self._limit_torch_threads,
         )
+        self.openai = OpenAiRoutes(self)
         self.draining = False
         self.in_flight = 0
+        # The step this replica serves, pushed to the operator for the InferenceService's
+        # status.model.servedStep (push.py; only when the operator rendered the URL).
+        self._pusher = ProgressPusher.from_env(
+            os.environ, self._served, repeat=SERVED_STEP_REPEAT_SECONDS
+        )
         self.metrics.in_flight.set_function(lambda: self.in_flight)
         self.port: int | None = None
         self._runner: web.AppRunner | None = None
@@ -180,6 +198,7 @@ class InferenceServer:
                 await asyncio.sleep(0.02)
             await self._runner.cleanup()
         await self.batcher.stop()
+        await self.openai.generator.stop()
         logs.event("stopped")
 
     async def _watch(self) -> None:
@@ -212,7 +231,24 @@ class InferenceServer:
             self.metrics.watcher_up.set(0)
             logs.error("reload_watcher_stopped", error=failure)
 
+    def _served(self) -> dict[str, Any]:
+        current = self.store.current
+        if current is None:
+            return {}
+        record = {contract.SERVED_STEP_KEY: current.step}
+        if self.store.skipped_step is not None:
+            record[contract.SKIPPED_STEP_KEY] = self.store.skipped_step
+        return record
+
+    def _on_skipped(self, step: int) -> None:
+        self.metrics.reloads.labels("skipped").inc()
+        self.metrics.skipped_step.set(step)
+        if self._pusher is not None:
+            self._pusher.wake()
+
     def _on_loaded(self, served: ServedModel, seconds: float) -> None:
+        if self._pusher is not None:
+            self._pusher.wake()
         self.metrics.reloads.labels("loaded").inc()
         self.metrics.load_seconds.observe(seconds)
         self.metrics.model_step.set(served.step)
@@ -254,6 +290,7 @@ class InferenceServer:
             app.router.add_get(prefix, self._model_metadata)
             app.router.add_get(prefix + "/ready", self._model_ready)
             app.router.add_post(prefix + "/infer", self._infer)
+        self.openai.add_to(app)
         return app
 
     @web.middleware

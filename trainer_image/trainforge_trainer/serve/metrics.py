@@ -69,8 +69,17 @@ class ServeMetrics:
         )
         self.model_step.set(-1)
         self.reloads = Counter(
-            p + "model_loads", "Checkpoint loads, by result.", ["result"], registry=r
+            p + "model_loads",
+            "Checkpoint loads, by result (loaded, failed, or skipped by the reload policy).",
+            ["result"],
+            registry=r,
         )
+        self.skipped_step = Gauge(
+            p + "skipped_step",
+            "Newest checkpoint step the reload policy refused as worse (-1: none).",
+            registry=r,
+        )
+        self.skipped_step.set(-1)
         self.load_seconds = Histogram(
             p + "model_load_duration_seconds",
             "Time to load and warm up a checkpoint.",

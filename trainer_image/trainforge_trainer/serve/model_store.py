@@ -7,10 +7,11 @@ requests in flight during a reload are answered by the old one.
 
 from __future__ import annotations
 
+import math
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 
+from trainforge import contract
 from trainforge_trainer import checkpoint as ckpt, config as config_mod, logs
 from trainforge_trainer.serve.protocol import ProtocolError, Signature, TensorSpec
 
@@ -76,6 +78,7 @@ class ServedModel:
     module: nn.Module
     signature: Signature
     device: torch.device
+    manifest: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Forward one merged batch (called on the inference thread)."""
@@ -117,6 +120,7 @@ def load(checkpoint: ckpt.CommittedCheckpoint, quantize: str, device: torch.devi
         module=module,
         signature=signature_for(config),
         device=device,
+        manifest=checkpoint.manifest,
     )
     _warm_up(served)
     return served
@@ -142,7 +146,13 @@ class ModelStore:
         device: torch.device,
         on_loaded: Callable[[ServedModel, float], None] = lambda _m, _s: None,
         on_failed: Callable[[], None] = lambda: None,
+        gate: tuple[str, str] | None = None,
+        on_skipped: Callable[[int], None] = lambda step: None,
     ) -> None:
+        # Quality-gated reload: (metric, "min" | "max"), or None to always take the newest.
+        self.gate = gate
+        self._on_skipped = on_skipped
+        self.skipped_step: int | None = None
         self.checkpoint_dir = checkpoint_dir
         self.quantize = quantize
         self.device = device
@@ -159,6 +169,13 @@ class ModelStore:
         if newest is None or _identity(newest) == self._seen:
             return False
         self._seen = _identity(newest)
+        worse = self._worse(newest)
+        if worse:
+            # Not loaded; _seen keeps it from being re-read until a newer one is committed.
+            self.skipped_step = newest.step
+            logs.event("model_reload_skipped", step=newest.step, reason=worse)
+            self._on_skipped(newest.step)
+            return False
         started = time.perf_counter()
         try:
             # Only now re-hash: the newest that verifies (a corrupt one is skipped and logged).
@@ -189,6 +206,28 @@ class ModelStore:
         )
         self._on_loaded(served, seconds)
         return True
+
+    def _worse(self, candidate: ckpt.CommittedCheckpoint) -> str:
+        """Why `candidate` must not replace the served model under the gate ("" if it may).
+        The first model is always loaded; a candidate without the metric is refused, as its
+        quality is unknown."""
+        if self.gate is None or self.current is None:
+            return ""
+        metric, mode = self.gate
+        new = _metric(candidate.manifest, metric)
+        old = _metric(self.current.manifest, metric)
+        if new is None:
+            return f"its manifest has no {metric}"
+        if old is None:
+            return ""
+        if (new > old) if mode == "min" else (new < old):
+            return f"{metric} {new:g} is worse than the served step's {old:g} ({mode})"
+        return ""
+
+
+def _metric(manifest: dict[str, Any], name: str) -> float | None:
+    value = (manifest.get(contract.MANIFEST_METRICS) or {}).get(name)
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
 def _identity(checkpoint: ckpt.CommittedCheckpoint) -> tuple[str, str]:

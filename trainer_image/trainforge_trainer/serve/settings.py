@@ -45,6 +45,9 @@ class ServeSettings:
     drain_seconds: float = 5.0
     torch_threads: int = 1
     body_timeout_seconds: float = 30.0
+    # Quality-gated reload (empty metric: every newer checkpoint is loaded).
+    reload_metric: str = ""
+    reload_mode: str = "min"
 
 
 @dataclass(frozen=True)
@@ -112,6 +115,20 @@ _OPTIONS: dict[str, _Option] = {
         "how often to look for a newer committed checkpoint (0: never reload)",
         0,
         86_400,
+    ),
+    "reload_metric": _Option(
+        "--reload-metric",
+        contract.ENV_SERVE_RELOAD_METRIC,
+        str,
+        "switch only to a checkpoint whose manifest metric (e.g. val_loss) is no worse than "
+        "the served one's (empty: always switch to the newest)",
+    ),
+    "reload_mode": _Option(
+        "--reload-mode",
+        contract.ENV_SERVE_RELOAD_MODE,
+        str,
+        "with --reload-metric: min (lower is better) or max",
+        choices=("min", "max"),
     ),
     "max_request_bytes": _Option(
         "--max-request-bytes",

@@ -27,6 +27,8 @@ RUNNING, PENDING, RESTARTING = "Running", "Pending", "Restarting"
 SUSPENDED, SUCCEEDED, FAILED = "Suspended", "Succeeded", "Failed"
 TERMINAL = (SUCCEEDED, FAILED)
 CONDITION_TYPES = (RUNNING, RESTARTING, SUSPENDED, SUCCEEDED, FAILED)
+# What status.progress keeps of a worker's report (termination message or live push).
+PROGRESS_FIELDS = ("step", "totalSteps", "loss", "samplesPerSecond", "etaSeconds", "transport")
 
 Decision = tuple[str, list[Cond]]  # (phase, the job's own conditions)
 

@@ -1,8 +1,11 @@
-"""Keep the newest step and committed checkpoint any worker reported on exit (never decides)."""
+"""Keep the newest step and committed checkpoint the workers reported, on exit (termination
+messages) or live (pushed to the operator, progress/); never decides."""
 
 from __future__ import annotations
 
-from trainforge.reconcile.trainingjob_policies.context import Context, Decision
+from trainforge.progress.policy import merge_live
+from trainforge.reconcile.common import rfc3339
+from trainforge.reconcile.trainingjob_policies.context import PROGRESS_FIELDS, Context, Decision
 
 
 def record_progress(ctx: Context) -> Decision | None:
@@ -13,9 +16,7 @@ def record_progress(ctx: Context) -> Decision | None:
             continue
         if record["step"] >= status.get("progress", {}).get("step", -1):
             status["progress"] = {
-                k: record[k]
-                for k in ("step", "totalSteps", "loss", "samplesPerSecond")
-                if record.get(k) is not None
+                k: record[k] for k in PROGRESS_FIELDS if record.get(k) is not None
             }
         checkpoint = record.get("checkpoint")
         if (
@@ -26,4 +27,5 @@ def record_progress(ctx: Context) -> Decision | None:
             status["checkpoint"] = {
                 k: checkpoint[k] for k in ("step", "path", "time") if k in checkpoint
             }
+    merge_live(status, ctx.old, ctx.obs.live, rfc3339(ctx.now))
     return None
