@@ -117,6 +117,14 @@ def test_the_previous_gang_is_waited_for() -> None:
     assert previous_gang(context(pods=[pod(0)])) is None
 
 
+def test_a_previous_worker_still_terminating_holds_its_name_back() -> None:
+    # Found on the real node: the old worker-0 checkpoints during its grace period; creating
+    # the new worker-0 then got a 409 and the gang waited forever with one worker.
+    ctx = context({"restartAttempt": 1}, [pod(0, attempt=0, deleting=True)])
+    phase, conditions = previous_gang(ctx) or ("", [])
+    assert (phase, conditions[0].reason) == ("Restarting", "WaitingForPreviousWorkers")
+
+
 def test_create_adds_what_is_missing_and_a_refusal_stalls() -> None:
     ctx = context(pods=[pod(0)], children_present=frozenset({"Service"}))
     assert create(ctx) is None
