@@ -117,7 +117,7 @@ def run_operator(args: argparse.Namespace) -> int:
     import kopf
 
     import trainforge.handlers  # noqa: F401 - registers the handlers with kopf
-    from trainforge.render.trainingjob import RenderSettings
+    from trainforge.render.common import RenderSettings
 
     render = RenderSettings(
         **({"default_image": args.trainer_image} if args.trainer_image else {}),

@@ -12,7 +12,7 @@ import logging
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import kubernetes
 
@@ -38,11 +38,26 @@ RESOURCES: dict[str, tuple[str, bool]] = {
 
 
 class KubeError(Exception):
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    def __init__(
+        self, status: int, reason: str, message: str, retry_after: float | None = None
+    ) -> None:
         super().__init__(f"{status} {reason}: {message}")
         self.status = status
         self.reason = reason
         self.message = message
+        # Seconds the API server asked us to wait (Retry-After, sent with 429 and some 5xx).
+        self.retry_after = retry_after
+
+
+def retry_after(status: int, header: str | None) -> float | None:
+    """The wait a 429 or 5xx answer asks for: its Retry-After seconds, else 1 s for a 429
+    (the API server's priority-and-fairness default), else None."""
+    if status != 429 and status < 500:
+        return None
+    try:
+        return max(0.0, float(header)) if header else (1.0 if status == 429 else None)
+    except ValueError:  # an HTTP-date: the API server never sends one; wait the default
+        return 1.0 if status == 429 else None
 
 
 @dataclass(frozen=True)
@@ -51,6 +66,21 @@ class Ref:
     kind: str
     namespace: str
     name: str
+
+
+class Api(Protocol):
+    """What the runners need of the API server; this module implements it (pass `kube`),
+    tests pass an in-memory fake (tests/unit/fakeapi.py)."""
+
+    def create(self, manifest: dict[str, Any]) -> bool: ...
+    def get(self, ref: Ref) -> dict[str, Any] | None: ...
+    def delete(self, ref: Ref, uid: str | None = None) -> bool: ...
+    def patch_status(self, ref: Ref, status: dict[str, Any]) -> dict[str, Any]: ...
+    def apply(self, manifest: dict[str, Any]) -> dict[str, Any]: ...
+    def exists(self, ref: Ref) -> bool | None: ...
+    def emit_event(
+        self, regarding: dict[str, Any], type_: str, reason: str, message: str
+    ) -> None: ...
 
 
 _client: kubernetes.client.ApiClient | None = None
@@ -114,11 +144,14 @@ def request(
     raw = response.data or b""
     data: str = raw.decode() if isinstance(raw, bytes) else str(raw)
     if not 200 <= response.status < 300:
+        wait = retry_after(response.status, response.getheader("Retry-After"))
         try:
             status = json.loads(data)
-            raise KubeError(response.status, status.get("reason", ""), status.get("message", data))
         except ValueError:
-            raise KubeError(response.status, "", data) from None
+            raise KubeError(response.status, "", data, wait) from None
+        raise KubeError(
+            response.status, status.get("reason", ""), status.get("message", data), wait
+        )
     return json.loads(data) if data else {}
 
 

@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from trainforge import kube
+from trainforge.reconcile.common import parse_time
 
 logger = logging.getLogger(__name__)
 
@@ -24,10 +25,6 @@ LEASE_API = "coordination.k8s.io/v1"
 
 def _micro_time(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse(value: str) -> datetime:
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 @dataclass(frozen=True)
@@ -48,7 +45,7 @@ def next_lease(
     holder = spec.get("holderIdentity")
     renewed = spec.get("renewTime") or spec.get("acquireTime")
     duration = int(spec.get("leaseDurationSeconds") or config.duration_seconds)
-    expired = renewed is None or now >= _parse(renewed) + timedelta(seconds=duration)
+    expired = renewed is None or now >= parse_time(renewed) + timedelta(seconds=duration)
     if holder and holder != config.identity and not expired:
         return None
     taking_over = holder != config.identity

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from trainforge.render.trainingjob import RenderSettings
+from trainforge.render.common import RenderSettings
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,10 @@ changes while it is being reconciled runs once more afterwards (as client-go's w
 
 A reconcile that fails (it raises, typically `Backoff`) runs again after a per-key delay that
 doubles with each consecutive failure up to a cap, as client-go's rate-limited queue does: a
-child the API server keeps refusing is not retried every few seconds forever. A watch event
+child the API server keeps refusing is not retried every few seconds forever. Each delay is
+shortened by a random part of up to `backoff_jitter`, so keys that failed together (an API
+server restart) do not all come back in the same instant; a wait the API server asked for
+(Retry-After with a 429) is never cut short. A watch event
 (the user changed the object) still runs the key at once; the periodic resync does not.
 """
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 from collections.abc import Awaitable, Callable, Hashable
 
 logger = logging.getLogger(__name__)
@@ -25,16 +29,24 @@ Reconciler = Callable[[Hashable], Awaitable[float | None]]
 
 BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 300.0
+BACKOFF_JITTER = 0.1
 
 
 class Backoff(Exception):
     """Raised by a reconcile that could not finish its work (a write the API server refused,
     an API error): its key runs again after the key's backoff delay, or after
-    `requeue_after` seconds when that is sooner (a deadline that is due)."""
+    `requeue_after` seconds when that is sooner (a deadline that is due), but never before
+    `not_before` seconds (the API server's Retry-After)."""
 
-    def __init__(self, reason: str, requeue_after: float | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        requeue_after: float | None = None,
+        not_before: float | None = None,
+    ) -> None:
         super().__init__(reason)
         self.requeue_after = requeue_after
+        self.not_before = not_before
 
 
 class WorkQueue:
@@ -46,6 +58,8 @@ class WorkQueue:
         active: Callable[[], bool] = lambda: True,
         backoff_base: float = BACKOFF_BASE_SECONDS,
         backoff_cap: float = BACKOFF_CAP_SECONDS,
+        backoff_jitter: float = BACKOFF_JITTER,
+        rng: random.Random | None = None,
     ) -> None:
         self._reconcile = reconcile
         # False while another replica leads: keys are dropped, the new leader's
@@ -61,6 +75,8 @@ class WorkQueue:
         self._tasks: list[asyncio.Task[None]] = []
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
+        self._backoff_jitter = backoff_jitter
+        self._rng = rng or random.Random()
         self._failures: dict[Hashable, int] = {}  # consecutive failed reconciles per key
 
     def add(self, key: Hashable) -> None:
@@ -119,11 +135,11 @@ class WorkQueue:
                 requeue = await self._reconcile(key)
                 self._failures.pop(key, None)
             except Backoff as e:
-                requeue = self._backoff(key, str(e), e.requeue_after)
+                requeue = self._backoff(key, str(e), e.requeue_after, e.not_before)
             except Exception:
                 # The reconciler reports its own errors; a crash must not kill the worker.
                 logger.exception("%s: reconcile of %s failed", self._name, key)
-                requeue = self._backoff(key, "unexpected error", None)
+                requeue = self._backoff(key, "unexpected error", None, None)
             finally:
                 self._running.discard(key)
             if key in self._dirty:
@@ -132,11 +148,20 @@ class WorkQueue:
             elif requeue is not None:
                 self.add_after(key, requeue)
 
-    def _backoff(self, key: Hashable, reason: str, requeue_after: float | None) -> float:
+    def _backoff(
+        self,
+        key: Hashable,
+        reason: str,
+        requeue_after: float | None,
+        not_before: float | None,
+    ) -> float:
         failures = self._failures[key] = self._failures.get(key, 0) + 1
         delay = min(self._backoff_cap, self._backoff_base * 2 ** min(failures - 1, 32))
+        delay *= 1 - self._backoff_jitter * self._rng.random()
         if requeue_after is not None:
             delay = min(delay, requeue_after)
+        if not_before is not None:
+            delay = max(delay, not_before)
         logger.info(
             "%s: %s failed %d times in a row (%s); next try in %.0fs",
             self._name,

@@ -21,8 +21,7 @@ import yaml
 
 from kubetest import REPO, Cluster, Kubectl, Operator, start_operator, wait_for
 from trainforge import contract
-from trainforge.reconcile import inferenceservice as isvc
-from trainforge.reconcile import trainingjob as tj
+from trainforge.reconcile import inferenceservice as isvc, trainingjob as tj
 from trainforge.render.trainingjob import RenderSettings
 
 pytestmark = pytest.mark.cluster

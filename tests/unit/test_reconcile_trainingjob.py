@@ -10,8 +10,6 @@ import pytest
 from trainforge import contract
 from trainforge.reconcile.trainingjob import (
     OTHER_CHILD_KINDS as ALL,
-)
-from trainforge.reconcile.trainingjob import (
     Observed,
     Plan,
     PodView,

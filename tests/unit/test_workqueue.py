@@ -27,7 +27,9 @@ def test_failing_keys_back_off_exponentially_up_to_the_cap() -> None:
         raise Backoff("refused")
 
     async def main() -> None:
-        queue = WorkQueue(reconcile, 2, "test", backoff_base=0.05, backoff_cap=0.2)
+        queue = WorkQueue(
+            reconcile, 2, "test", backoff_base=0.05, backoff_cap=0.2, backoff_jitter=0
+        )
         await run_for(1.0, queue, "refused")
 
     asyncio.run(main())
@@ -48,7 +50,7 @@ def test_success_resets_the_backoff_and_a_sooner_requeue_wins() -> None:
         return None
 
     async def main() -> None:
-        queue = WorkQueue(reconcile, 1, "test", backoff_base=0.1, backoff_cap=10)
+        queue = WorkQueue(reconcile, 1, "test", backoff_base=0.1, backoff_cap=10, backoff_jitter=0)
         await run_for(0.5, queue, "k")
 
     asyncio.run(main())
@@ -77,3 +79,83 @@ def test_resync_does_not_cut_a_backoff_short_but_an_event_does() -> None:
         await queue.stop()
 
     asyncio.run(main())
+
+
+def test_backoff_is_jittered_below_the_doubling_and_never_above_the_cap() -> None:
+    async def reconcile(key: Hashable) -> float | None:
+        raise Backoff("refused")
+
+    queue = WorkQueue(reconcile, 1, "test", backoff_base=1, backoff_cap=8, backoff_jitter=0.5)
+    delays = [queue._backoff("k", "refused", None, None) for _ in range(6)]
+    for failures, delay in enumerate(delays, start=1):
+        full = min(8, 2 ** (failures - 1))
+        assert full * 0.5 <= delay <= full
+    # Two keys that fail together do not come back in the same instant.
+    others = [queue._backoff("other", "refused", None, None) for _ in range(6)]
+    assert others != delays
+
+
+def test_retry_after_from_the_api_server_is_waited_out_in_full() -> None:
+    calls: list[float] = []
+
+    async def reconcile(key: Hashable) -> float | None:
+        calls.append(asyncio.get_running_loop().time())
+        if len(calls) == 1:
+            # A 429 with Retry-After: 0.3 s, much longer than the first backoff step.
+            raise Backoff("429 TooManyRequests", requeue_after=0.01, not_before=0.3)
+        return None
+
+    async def main() -> None:
+        queue = WorkQueue(reconcile, 1, "test", backoff_base=0.01, backoff_cap=1)
+        await run_for(0.6, queue, "k")
+
+    asyncio.run(main())
+    assert len(calls) == 2
+    assert calls[1] - calls[0] >= 0.3
+
+
+def test_one_reconcile_per_key_at_a_time_and_a_change_meanwhile_runs_once_more() -> None:
+    running: set[str] = set()
+    overlaps: list[str] = []
+    calls: list[str] = []
+
+    async def reconcile(key: Hashable) -> float | None:
+        if key in running:
+            overlaps.append(str(key))
+        running.add(str(key))
+        calls.append(str(key))
+        await asyncio.sleep(0.05)
+        running.discard(str(key))
+        return None
+
+    async def main() -> None:
+        queue = WorkQueue(reconcile, 4, "test")
+        queue.start()
+        queue.add("a")
+        queue.add("b")
+        await asyncio.sleep(0.01)
+        for _ in range(5):  # events while "a" runs: one more run, not five
+            queue.add("a")
+        await asyncio.sleep(0.3)
+        await queue.stop()
+
+    asyncio.run(main())
+    assert overlaps == []
+    assert sorted(calls) == ["a", "a", "b"]
+
+
+def test_a_crashing_reconcile_does_not_kill_the_worker() -> None:
+    calls: list[str] = []
+
+    async def reconcile(key: Hashable) -> float | None:
+        calls.append(str(key))
+        if key == "bad":
+            raise RuntimeError("bug")
+        return None
+
+    async def main() -> None:
+        queue = WorkQueue(reconcile, 1, "test", backoff_base=10)
+        await run_for(0.1, queue, "bad", "good")
+
+    asyncio.run(main())
+    assert calls == ["bad", "good"]

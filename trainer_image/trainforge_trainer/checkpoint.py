@@ -49,8 +49,7 @@ from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict_saver import AsyncSaveResponse
 
 from trainforge import contract
-from trainforge_trainer import config as config_mod
-from trainforge_trainer import logs
+from trainforge_trainer import config as config_mod, logs
 from trainforge_trainer.distributed import DistEnv
 from trainforge_trainer.recipes import build_model
 

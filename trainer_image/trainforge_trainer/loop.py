@@ -40,8 +40,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
 from trainforge import contract
-from trainforge_trainer import checkpoint, distributed, logs, transport
-from trainforge_trainer import config as config_mod
+from trainforge_trainer import checkpoint, config as config_mod, distributed, logs, transport
 from trainforge_trainer.checkpoint import Checkpointer, CommittedCheckpoint, SaveTimes
 from trainforge_trainer.config import ConfigError, TrainerConfig
 from trainforge_trainer.data import DataPosition, TrainStream, eval_loader

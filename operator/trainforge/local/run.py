@@ -37,7 +37,8 @@ from rich.table import Table
 from trainforge import contract
 from trainforge.api import InvalidSpec, parse_training_job
 from trainforge.reconcile.trainingjob import OTHER_CHILD_KINDS, TERMINAL, Observed, PodView, plan
-from trainforge.render.trainingjob import RenderSettings, expand_env_references
+from trainforge.render.common import RenderSettings
+from trainforge.render.trainingjob import expand_env_references
 
 POLL_SECONDS = 0.5
 STOP_GRACE_SECONDS = 20.0

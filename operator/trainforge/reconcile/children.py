@@ -68,13 +68,14 @@ Lookup = Callable[[kube.Ref], dict[str, Any] | None]
 
 
 def write_child(
+    api: kube.Api,
     manifest: dict[str, Any],
     owner: dict[str, Any],
     fix: str,
     *,
     update: bool,
     known: bool,
-    lookup: Lookup = kube.get,
+    lookup: Lookup | None = None,
 ) -> Problem | None:
     """Create (`update=False`: an existing child is left as it is) or server-side apply
     (`update=True`) one child of `owner`; returns what stopped it, if anything.
@@ -86,12 +87,13 @@ def write_child(
     """
     kind, meta = manifest["kind"], manifest["metadata"]
     ref = kube.Ref(manifest["apiVersion"], kind, meta["namespace"], meta["name"])
+    lookup = lookup or api.get
     try:
         if update:
             if not known and (problem := _taken(ref, owner, lookup)):
                 return problem
-            kube.apply(manifest)
-        elif not kube.create(manifest) and not known:
+            api.apply(manifest)
+        elif not api.create(manifest) and not known:
             return _taken(ref, owner, lookup)
     except kube.KubeError as e:
         if e.status not in REFUSED_STATUSES:

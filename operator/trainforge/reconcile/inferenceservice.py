@@ -11,15 +11,18 @@ alone: they keep answering from the checkpoint they loaded.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from trainforge import contract
 from trainforge.api import InferenceServiceSpec, InvalidSpec, parse_inference_service_spec
+from trainforge.reconcile import common
 from trainforge.reconcile.children import refusal
+from trainforge.reconcile.common import rfc3339
 from trainforge.reconcile.conditions import Cond, merge_conditions, stalled_event
-from trainforge.reconcile.trainingjob import rfc3339
+from trainforge.render.common import RenderSettings, checkpoint_pvc_name
 from trainforge.render.inferenceservice import (
     InferenceRef,
     ModelMount,
@@ -27,7 +30,6 @@ from trainforge.render.inferenceservice import (
     selector_string,
     url,
 )
-from trainforge.render.trainingjob import RenderSettings, checkpoint_pvc_name
 
 READY, MODEL_LOADED, RECONCILING, STALLED = "Ready", "ModelLoaded", "Reconciling", "Stalled"
 # What to change when the API server refuses the servers' pods.
@@ -123,18 +125,18 @@ class Observed:
     in_flight: dict[str, str] = field(default_factory=dict)
     # (kubelet reason, message) of server pods whose container cannot start (pods.py).
     pods_cannot_start: list[tuple[str, str]] = field(default_factory=list)
+    # The spec as the runner parsed it (once per generation), or why it is invalid; None:
+    # the plan parses it.
+    spec: InferenceServiceSpec | InvalidSpec | None = None
     # (lowest step the server replicas report serving, newest step one skipped under the
     # reload policy) from progress/store.py; None: unknown.
     served_step: tuple[int | None, int | None] = (None, None)
 
 
 @dataclass
-class Plan:
-    status: dict[str, Any]
+class Plan(common.Plan):
     apply: list[dict[str, Any]] = field(default_factory=list)
     delete: list[ChildView] = field(default_factory=list)
-    events: list[tuple[str, str, str]] = field(default_factory=list)  # (type, reason, message)
-    requeue_after: float | None = None
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,7 @@ class Resolution:
     stalled: bool = False
 
 
-def parse_spec(service: dict[str, Any]) -> InferenceServiceSpec:
+def parse_spec(service: Mapping[str, Any]) -> InferenceServiceSpec:
     return parse_inference_service_spec(service.get("spec", {}))
 
 
@@ -256,10 +258,14 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
         result.events += _transition_events(old, status)
         return result
 
-    try:
-        spec = parse_spec(service)
-    except InvalidSpec as e:
-        message = "; ".join(e.messages)
+    spec = obs.spec
+    if spec is None:
+        try:
+            spec = parse_spec(service)
+        except InvalidSpec as e:
+            spec = e
+    if isinstance(spec, InvalidSpec):
+        message = "; ".join(spec.messages)
         return finish(
             _kstatus(
                 Cond(READY, False, "InvalidSpec", message),

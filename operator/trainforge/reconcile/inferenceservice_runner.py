@@ -6,22 +6,23 @@ the indexes do not show yet. Children are applied server-side (they are mutable)
 that is missing from the indexes is looked up before it is created, so an object of the same
 name that belongs to someone else is reported, never taken over. A child the API server
 rejects (an invalid podTemplate overlay, say) is reported too, and retried with a growing
-backoff, never in a tight loop (reconcile/children.py, shared with TrainingJobs).
+backoff, never in a tight loop (reconcile/children.py, shared with TrainingJobs). The memory,
+metrics, status write and error path are the controller core's (reconcile/core.py).
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from trainforge import contract, kube, metrics, workqueue
-from trainforge.api.common import InvalidSpec
+from trainforge.api import InferenceServiceSpec, InvalidSpec
+from trainforge.reconcile import core
 from trainforge.reconcile.children import Problem, write_child
+from trainforge.reconcile.core import Key
 from trainforge.reconcile.inferenceservice import (
     READY,
     ChildView,
@@ -31,14 +32,11 @@ from trainforge.reconcile.inferenceservice import (
     plan,
     resolve_model,
 )
-from trainforge.render.trainingjob import RenderSettings
-
-logger = logging.getLogger(__name__)
+from trainforge.render.common import RenderSettings
 
 KIND = "InferenceService"
-Key = tuple[str, str]  # (namespace, name)
 # The latest watched InferenceService or TrainingJob for a key, and a service's children.
-ObjectLookup = Callable[[Key], Mapping[str, Any] | None]
+ObjectLookup = core.ObjectLookup
 ChildrenLookup = Callable[[Key], list[ChildView]]
 # (kubelet reason, message) of a service's pods whose container cannot start.
 PodProblemsLookup = Callable[[Key], list[tuple[str, str]]]
@@ -56,17 +54,18 @@ FIX = "fix spec.podTemplate or spec.autoscaling.metrics"
 
 
 @dataclass
-class Memory:
+class Memory(core.Memory):
     """What one service's previous reconciles did that the watch may not show yet."""
 
-    written_status: dict[str, Any] | None = None
     # kind -> (spec hash, monotonic time) of children applied but not yet seen.
     applied: dict[str, tuple[str, float]] = field(default_factory=dict)
     # kind -> (reason, message) for children that could not be applied.
     blocked: dict[str, Problem] = field(default_factory=dict)
 
 
-class InferenceServiceRunner:
+class InferenceServiceRunner(core.Runner[Memory, InferenceServiceSpec]):
+    kind: ClassVar[str] = KIND
+
     def __init__(
         self,
         services: ObjectLookup,
@@ -74,39 +73,17 @@ class InferenceServiceRunner:
         children: ChildrenLookup,
         settings: RenderSettings,
         pods_cannot_start: PodProblemsLookup,
+        api: kube.Api = kube,
         served: Callable[[str], tuple[int | None, int | None]] = lambda uid: (None, None),
     ) -> None:
+        super().__init__(services, Memory, parse_spec, metrics.INFERENCESERVICES, api)
         self._served = served  # served-step hook: the step the servers report (progress/)
-        self._services = services
         self._jobs = jobs
         self._children = children
         self._pods_cannot_start = pods_cannot_start
         self._settings = settings
-        self._memory: dict[str, Memory] = {}
-        self._lock = threading.Lock()  # guards _memory's dict; one worker per key at a time
-
-    def reconcile(self, key: Key) -> float | None:
-        """One level-based pass over the service `key`; returns seconds until the next one."""
-        body = self._services(key)
-        if body is None:  # deleted; `forget` already ran for its uid
-            return None
-        service = dict(body)
-        with self._lock:
-            memory = self._memory.setdefault(service["metadata"]["uid"], Memory())
-        started = time.perf_counter()
-        metrics.RECONCILES.labels(KIND).inc()
-        try:
-            return self._reconcile(service, memory)
-        except kube.KubeError as e:
-            metrics.RECONCILE_ERRORS.labels(KIND).inc()
-            logger.warning("%s %s/%s: API error, will retry: %s", KIND, *key, e)
-            raise workqueue.Backoff(f"API error: {e}") from None
-        finally:
-            metrics.RECONCILE_SECONDS.labels(KIND).observe(time.perf_counter() - started)
 
     def _reconcile(self, service: dict[str, Any], memory: Memory) -> float | None:
-        if memory.written_status is not None:
-            service["status"] = memory.written_status
         meta = service["metadata"]
         namespace = meta["namespace"]
         children = [
@@ -114,7 +91,8 @@ class InferenceServiceRunner:
             for child in self._children((namespace, meta["name"]))
             if child.owner_uid == meta["uid"]
         ]
-        job, claim_exists = self._model_source(service)
+        spec = self.spec(service, memory)
+        job, claim_exists = self._model_source(service, spec)
         observed = Observed(
             service=service,
             now=datetime.now(UTC),
@@ -124,6 +102,7 @@ class InferenceServiceRunner:
             blocked=list(memory.blocked.values()),
             in_flight=self._in_flight(children, memory),
             pods_cannot_start=sorted(self._pods_cannot_start((namespace, meta["name"]))),
+            spec=spec,
             served_step=self._served(meta["uid"]),
         )
         result = plan(observed, self._settings)
@@ -135,11 +114,11 @@ class InferenceServiceRunner:
             raise workqueue.Backoff(next(iter(memory.blocked.values()))[1])
         return result.requeue_after
 
-    def _model_source(self, service: dict[str, Any]) -> tuple[dict[str, Any] | None, bool | None]:
+    def _model_source(
+        self, service: dict[str, Any], spec: InferenceServiceSpec | InvalidSpec
+    ) -> tuple[dict[str, Any] | None, bool | None]:
         """The referenced TrainingJob (from the watch) and whether the claim to mount exists."""
-        try:
-            spec = parse_spec(service)
-        except InvalidSpec:
+        if isinstance(spec, InvalidSpec):
             return None, None  # the plan reports it
         namespace = service["metadata"]["namespace"]
         job_name = spec.model.from_training_job
@@ -149,7 +128,7 @@ class InferenceServiceRunner:
         if mount is None:
             return job, None
         claim = kube.Ref("v1", "PersistentVolumeClaim", namespace, mount.claim_name)
-        return job, kube.exists(claim)
+        return job, self.api.exists(claim)
 
     @staticmethod
     def _in_flight(children: list[ChildView], memory: Memory) -> dict[str, str]:
@@ -165,12 +144,7 @@ class InferenceServiceRunner:
     ) -> None:
         meta = service["metadata"]
         namespace, name = meta["namespace"], meta["name"]
-        ref = kube.Ref(contract.API_VERSION, KIND, namespace, name)
-        old_status = service.get("status") or {}
-        if result.status != old_status:
-            patch = {**{k: None for k in old_status if k not in result.status}, **result.status}
-            updated = kube.patch_status(ref, patch)
-            memory.written_status = updated.get("status", result.status)
+        self.write_status(service, service.get("status") or {}, result.status, memory)
         ready = any(
             c["type"] == READY and c["status"] == "True" for c in result.status["conditions"]
         )
@@ -180,31 +154,22 @@ class InferenceServiceRunner:
         memory.blocked = {k: v for k, v in memory.blocked.items() if k in applying}
         for manifest in result.apply:
             kind = manifest["kind"]
-            problem = write_child(manifest, service, FIX, update=True, known=kind in present)
+            problem = write_child(
+                self.api, manifest, service, FIX, update=True, known=kind in present
+            )
             if problem:
                 memory.blocked[kind] = problem
                 continue
             memory.blocked.pop(kind, None)
             if kind == "Deployment":  # announced once it happened, not each time it is tried
                 verb = "Updated" if kind in present else "Created"
-                kube.emit_event(service, "Normal", verb, f"{verb.lower()} Deployment {name}")
+                self.api.emit_event(service, "Normal", verb, f"{verb.lower()} Deployment {name}")
             spec_hash = manifest["metadata"]["annotations"][contract.ANNOTATION_SPEC_HASH]
             memory.applied[kind] = (spec_hash, time.monotonic())
         for child in result.delete:
-            kube.delete(
+            self.api.delete(
                 kube.Ref(API_VERSIONS[child.kind], child.kind, namespace, child.name),
                 uid=child.uid or None,
             )
         for type_, reason, message in result.events:
-            kube.emit_event(service, type_, reason, message)
-
-    def forget_all(self) -> None:
-        """Leadership changed hands: another replica may have written since our memories."""
-        with self._lock:
-            self._memory.clear()
-
-    def forget(self, uid: str) -> None:
-        """The service was deleted: drop what we remembered of it."""
-        with self._lock:
-            self._memory.pop(uid, None)
-        metrics.INFERENCESERVICES.forget(uid)
+            self.api.emit_event(service, type_, reason, message)

@@ -6,42 +6,43 @@ created that the pod index has not shown yet ("expectations", as in kube-control
 Deterministic names make every remaining race harmless: a duplicate create is a 409 (then
 checked to be ours: a name taken by someone else's object is reported, never adopted), a
 duplicate delete a 404. A child the API server refuses stops the gang's creation; the job is
-Stalled with the server's message and the key backs off (reconcile/children.py).
+Stalled with the server's message and the key backs off (reconcile/children.py). The memory,
+metrics, status write and error path are the controller core's (reconcile/core.py).
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 from trainforge import contract, kube, metrics, workqueue
-from trainforge.api.common import InvalidSpec
+from trainforge.api import InvalidSpec, TrainingJobSpec
 from trainforge.progress.policy import WRITE_INTERVAL_SECONDS, next_write_delay, progress_only
 from trainforge.progress.store import Report
+from trainforge.reconcile import core
 from trainforge.reconcile.children import Problem, write_child
+from trainforge.reconcile.common import parse_time
+from trainforge.reconcile.core import Key
 from trainforge.reconcile.trainingjob import (
     TERMINAL,
     Observed,
     Plan,
     PodView,
     parse_spec,
-    parse_time,
     plan,
 )
-from trainforge.render.trainingjob import RenderSettings
+from trainforge.render.common import RenderSettings
 
 logger = logging.getLogger(__name__)
 
-Key = tuple[str, str]  # (namespace, name)
 # Each returns the latest watched object(s) for a key: the job's body, its pods as
 # (controller uid, PodView) pairs, and its other children as ChildRecords.
-JobLookup = Callable[[Key], Mapping[str, Any] | None]
+JobLookup = core.ObjectLookup
 PodsLookup = Callable[[Key], list[tuple[str, PodView]]]
 
 
@@ -64,10 +65,9 @@ def child_record(obj: Mapping[str, Any]) -> ChildRecord:
 
 
 @dataclass
-class Memory:
+class Memory(core.Memory):
     """What one job's previous reconciles did that the watch may not show yet."""
 
-    written_status: dict[str, Any] | None = None
     attempt: int = -1
     created_pods: dict[str, PodView] = field(default_factory=dict)
     # Kinds of other children created that the watch has not shown yet.
@@ -87,57 +87,38 @@ FIX = {
 FIX_OTHER = "fix the TrainingJob's spec"
 
 
-class TrainingJobRunner:
+class TrainingJobRunner(core.Runner[Memory, TrainingJobSpec]):
+    kind: ClassVar[str] = "TrainingJob"
+
     def __init__(
         self,
         jobs: JobLookup,
         pods: PodsLookup,
         children: ChildrenLookup,
         settings: RenderSettings,
+        api: kube.Api = kube,
         live: Callable[[str], Report | None] = lambda uid: None,
     ) -> None:
+        super().__init__(jobs, Memory, parse_spec, metrics.TRAININGJOBS, api)
         self._live = live  # live progress hook: the newest pushed report of a job uid
-        self._jobs = jobs
         self._pods = pods
         self._children = children
         self._settings = settings
-        self._memory: dict[str, Memory] = {}
-        self._lock = threading.Lock()  # guards _memory's dict; one worker per key at a time
-
-    def reconcile(self, key: Key) -> float | None:
-        """One level-based pass over the job `key`; returns seconds until the next one."""
-        body = self._jobs(key)
-        if body is None:  # deleted; `forget` already ran for its uid
-            return None
-        job = dict(body)
-        uid = job["metadata"]["uid"]
-        with self._lock:
-            memory = self._memory.setdefault(uid, Memory())
-        started = time.perf_counter()
-        metrics.RECONCILES.labels("TrainingJob").inc()
-        try:
-            return self._reconcile(job, memory)
-        except kube.KubeError as e:
-            metrics.RECONCILE_ERRORS.labels("TrainingJob").inc()
-            logger.warning("TrainingJob %s/%s: API error, will retry: %s", *key, e)
-            raise workqueue.Backoff(f"API error: {e}") from None
-        finally:
-            metrics.RECONCILE_SECONDS.labels("TrainingJob").observe(time.perf_counter() - started)
 
     def _reconcile(self, job: dict[str, Any], memory: Memory) -> float | None:
-        if memory.written_status is not None:
-            job["status"] = memory.written_status
         status = job.get("status") or {}
         attempt = int(status.get("restartAttempt", 0))
         if attempt != memory.attempt:
             memory.attempt, memory.created_pods = attempt, {}
+        spec = self.spec(job, memory)
         observed = Observed(
             job=job,
             pods=self._observe_pods(job, memory),
             now=datetime.now(UTC),
-            missing_references=self._missing_references(job, status),
+            missing_references=self._missing_references(job, status, spec),
             children_present=self._children_present(job, memory),
             rejected=memory.rejected,
+            spec=spec,
             live=self._live(job["metadata"]["uid"]),
         )
         result = plan(observed, self._settings)
@@ -180,15 +161,15 @@ class TrainingJobRunner:
                 return {"metadata": {"ownerReferences": [{"uid": owner, "controller": True}]}}
         return {"metadata": {}}
 
-    def _missing_references(self, job: dict[str, Any], status: dict[str, Any]) -> list[str]:
+    def _missing_references(
+        self, job: dict[str, Any], status: dict[str, Any], spec: TrainingJobSpec | InvalidSpec
+    ) -> list[str]:
         """Check referenced NetworkAttachmentDefinitions and PVCs, only when pods are about to
         be created (a missing one would leave them stuck in ContainerCreating)."""
-        if status.get("phase") in TERMINAL or job.get("spec", {}).get("suspend"):
-            return []
-        try:
-            spec = parse_spec(job)
-        except InvalidSpec:
+        if isinstance(spec, InvalidSpec):
             return []  # the plan reports it
+        if status.get("phase") in TERMINAL or spec.suspend:
+            return []
         namespace = job["metadata"]["namespace"]
         missing = []
         rdma = spec.network.rdma if spec.network else None
@@ -199,7 +180,7 @@ class TrainingJobRunner:
                 net.namespace or namespace,
                 net.name,
             )
-            if kube.exists(ref) is False:
+            if self.api.exists(ref) is False:
                 missing.append(
                     f"spec.network.rdma.networks[{i}]: NetworkAttachmentDefinition "
                     f"{ref.namespace}/{ref.name} does not exist; create it (see docs/rdma.md) "
@@ -208,7 +189,7 @@ class TrainingJobRunner:
         claim = spec.checkpoint.claim_name if spec.checkpoint else None
         if (
             claim
-            and kube.exists(kube.Ref("v1", "PersistentVolumeClaim", namespace, claim)) is False
+            and self.api.exists(kube.Ref("v1", "PersistentVolumeClaim", namespace, claim)) is False
         ):
             missing.append(
                 f"spec.checkpoint.claimName: PersistentVolumeClaim "
@@ -221,14 +202,13 @@ class TrainingJobRunner:
         self, job: dict[str, Any], old_status: dict[str, Any], result: Plan, memory: Memory
     ) -> None:
         meta = job["metadata"]
-        ref = kube.Ref(contract.API_VERSION, "TrainingJob", meta["namespace"], meta["name"])
         # A restart (or any deletion) is recorded before pods go, so it is counted once; a
         # plain creation writes status after the pods, one round trip sooner for the gang.
         status_first = bool(result.delete_pods) or (
             result.status["restartAttempt"] != memory.attempt
         )
         if status_first:
-            self._write_status(ref, old_status, result, memory)
+            self._write_status(job, old_status, result, memory)
         phase = result.status["phase"]
         metrics.TRAININGJOBS.set(meta["uid"], meta["namespace"], phase)
         if result.counted_restart or result.status["restartAttempt"] != memory.attempt:
@@ -239,18 +219,19 @@ class TrainingJobRunner:
             created = parse_time(meta["creationTimestamp"])
             metrics.TIME_TO_RUNNING.observe((datetime.now(UTC) - created).total_seconds())
         for pod in result.delete_pods:
-            kube.delete(kube.Ref("v1", "Pod", meta["namespace"], pod.name), uid=pod.uid or None)
+            self.api.delete(kube.Ref("v1", "Pod", meta["namespace"], pod.name), uid=pod.uid or None)
         memory.rejected = []
         key = (meta["namespace"], meta["name"])
         for manifest in result.create:
             kind = manifest["kind"]
             problem = write_child(
+                self.api,
                 manifest,
                 job,
                 FIX.get(kind, FIX_OTHER),
                 update=False,
                 known=False,
-                lookup=partial(self._watched_pod, key) if kind == "Pod" else kube.get,
+                lookup=partial(self._watched_pod, key) if kind == "Pod" else None,
             )
             if problem:
                 # A gang without this child cannot run: create nothing more until it is fixed.
@@ -268,43 +249,30 @@ class TrainingJobRunner:
             else:
                 memory.created_kinds.add(kind)
         if not status_first:
-            self._write_status(ref, old_status, result, memory)
+            self._write_status(job, old_status, result, memory)
         for type_, reason, message in result.events:
-            kube.emit_event(job, type_, reason, message)
+            self.api.emit_event(job, type_, reason, message)
         if result.delete_job:
             logger.info(
                 "TrainingJob %s/%s: ttlSecondsAfterFinished passed, deleting it",
                 meta["namespace"],
                 meta["name"],
             )
-            kube.delete(ref, uid=meta["uid"])
+            self.api.delete(self.ref(job), uid=meta["uid"])
 
-    @staticmethod
     def _write_status(
-        ref: kube.Ref, old_status: dict[str, Any], result: Plan, memory: Memory
+        self, job: dict[str, Any], old_status: dict[str, Any], result: Plan, memory: Memory
     ) -> None:
-        """Merge-patch the status when it changed (removed keys become nulls); a change of
-        live progress alone waits for the per-job write interval (progress/policy.py)."""
-        if result.status != old_status:
-            if progress_only(old_status, result.status):
-                wait = next_write_delay(memory.last_write, time.monotonic(), WRITE_INTERVAL_SECONDS)
-                if wait > 0:
-                    metrics.PROGRESS_STATUS_WRITES.labels("postponed").inc()
-                    result.requeue_after = min(wait, result.requeue_after or wait)
-                    return
-                metrics.PROGRESS_STATUS_WRITES.labels("written").inc()
-            memory.last_write = time.monotonic()
-            patch = {**{k: None for k in old_status if k not in result.status}, **result.status}
-            updated = kube.patch_status(ref, patch)
-            memory.written_status = updated.get("status", result.status)
-
-    def forget_all(self) -> None:
-        """Leadership changed hands: another replica may have written since our memories."""
-        with self._lock:
-            self._memory.clear()
-
-    def forget(self, uid: str) -> None:
-        """The job was deleted: drop what we remembered of it."""
-        with self._lock:
-            self._memory.pop(uid, None)
-        metrics.TRAININGJOBS.forget(uid)
+        """The core's status write, except that a change of live progress alone waits for the
+        per-job write interval (progress/policy.py)."""
+        if result.status == old_status:
+            return
+        if progress_only(old_status, result.status):
+            wait = next_write_delay(memory.last_write, time.monotonic(), WRITE_INTERVAL_SECONDS)
+            if wait > 0:
+                metrics.PROGRESS_STATUS_WRITES.labels("postponed").inc()
+                result.requeue_after = min(wait, result.requeue_after or wait)
+                return
+            metrics.PROGRESS_STATUS_WRITES.labels("written").inc()
+        memory.last_write = time.monotonic()
+        self.write_status(job, old_status, result.status, memory)

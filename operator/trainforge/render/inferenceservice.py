@@ -12,16 +12,22 @@ newer checkpoints itself, so a TrainingJob committing one must not roll the Depl
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from trainforge import contract
 from trainforge.api.inferenceservice import KIND, InferenceServiceSpec
 from trainforge.render import security
+from trainforge.render.common import (
+    GPU_TAINT_KEY,
+    OwnerRef,
+    RenderSettings,
+    child_metadata,
+    env_var,
+    with_hash,
+)
 from trainforge.render.merge import merge
 from trainforge.render.progress import progress_env, progress_mount, progress_volume
-from trainforge.render.trainingjob import GPU_TAINT_KEY, RenderSettings, spec_hash
 
 CHECKPOINT_VOLUME = "checkpoints"
 SERVER_MODULE = "trainforge_trainer"
@@ -33,17 +39,10 @@ STARTUP_PROBE_PERIOD = 5
 
 
 @dataclass(frozen=True)
-class InferenceRef:
+class InferenceRef(OwnerRef):
     """Identity of the InferenceService the children belong to."""
 
-    name: str
-    namespace: str
-    uid: str
-
-    @classmethod
-    def from_object(cls, obj: Mapping[str, Any]) -> InferenceRef:
-        metadata = obj["metadata"]
-        return cls(name=metadata["name"], namespace=metadata["namespace"], uid=metadata["uid"])
+    kind: ClassVar[str] = KIND
 
 
 @dataclass(frozen=True)
@@ -90,42 +89,12 @@ def url(name: str, namespace: str) -> str:
     return f"http://{name}.{namespace}.svc.cluster.local"
 
 
-def owner_reference(ref: InferenceRef) -> dict[str, Any]:
-    return {
-        "apiVersion": contract.API_VERSION,
-        "kind": KIND,
-        "name": ref.name,
-        "uid": ref.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
 def _metadata(ref: InferenceRef) -> dict[str, Any]:
     # Every child is named after the service: one of each kind.
-    return {
-        "name": ref.name,
-        "namespace": ref.namespace,
-        "labels": selector_labels(ref.name),
-        "annotations": {},
-        "ownerReferences": [owner_reference(ref)],
-    }
-
-
-def _with_hash(manifest: dict[str, Any]) -> dict[str, Any]:
-    metadata = manifest["metadata"]
-    annotations = {
-        **metadata.get("annotations", {}),
-        contract.ANNOTATION_SPEC_HASH: spec_hash(manifest),
-    }
-    return {**manifest, "metadata": {**metadata, "annotations": annotations}}
+    return child_metadata(ref, ref.name, selector_labels(ref.name))
 
 
 # --- the server container ------------------------------------------------------------------
-
-
-def _env(name: str, value: object) -> dict[str, Any]:
-    return {"name": name, "value": str(value)}
 
 
 def server_env(name: str, spec: InferenceServiceSpec, mount: ModelMount) -> list[dict[str, Any]]:
@@ -133,19 +102,19 @@ def server_env(name: str, spec: InferenceServiceSpec, mount: ModelMount) -> list
     user's env, which may set the server's other knobs and HOME but not these."""
     server = spec.server
     env = [
-        _env(contract.ENV_CHECKPOINT_DIR, mount.checkpoint_dir),
-        _env(contract.ENV_SERVE_MODEL_NAME, spec.model.name or name),
-        _env(contract.ENV_SERVE_PORT, contract.SERVE_DEFAULT_PORT),
-        _env(contract.ENV_SERVE_MAX_BATCH_SIZE, server.max_batch_size),
-        _env(contract.ENV_SERVE_MAX_BATCH_DELAY_MS, server.max_batch_delay_ms),
-        _env(contract.ENV_SERVE_QUANTIZE, server.quantize),
+        env_var(contract.ENV_CHECKPOINT_DIR, mount.checkpoint_dir),
+        env_var(contract.ENV_SERVE_MODEL_NAME, spec.model.name or name),
+        env_var(contract.ENV_SERVE_PORT, contract.SERVE_DEFAULT_PORT),
+        env_var(contract.ENV_SERVE_MAX_BATCH_SIZE, server.max_batch_size),
+        env_var(contract.ENV_SERVE_MAX_BATCH_DELAY_MS, server.max_batch_delay_ms),
+        env_var(contract.ENV_SERVE_QUANTIZE, server.quantize),
         *security.scratch_env(),
     ]
     policy = spec.model.reload_policy
     if policy is not None:
         env += [
-            _env(contract.ENV_SERVE_RELOAD_METRIC, policy.metric),
-            _env(contract.ENV_SERVE_RELOAD_MODE, policy.mode),
+            env_var(contract.ENV_SERVE_RELOAD_METRIC, policy.metric),
+            env_var(contract.ENV_SERVE_RELOAD_MODE, policy.mode),
         ]
     user = [var.to_json() for var in spec.env]
     overridden = {var["name"] for var in user}
@@ -204,7 +173,7 @@ def server_container(
         ),
         # vLLM reads no TRAINFORGE_SERVE_*; offline: the model is on the volume, never a hub.
         "env": (
-            [_env("HF_HUB_OFFLINE", 1), *(var.to_json() for var in spec.env)]
+            [env_var("HF_HUB_OFFLINE", 1), *(var.to_json() for var in spec.env)]
             if vllm
             else server_env(name, spec, mount) + progress_env(settings.progress_url)
         ),
@@ -272,7 +241,7 @@ def deployment(
     pod_template: dict[str, Any] = {"metadata": {"labels": labels}, "spec": pod_spec}
     if template is not None and template.metadata.annotations:
         pod_template["metadata"]["annotations"] = dict(template.metadata.annotations)
-    return _with_hash(
+    return with_hash(
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -292,7 +261,7 @@ def deployment(
 
 def service(ref: InferenceRef) -> dict[str, Any]:
     """`<name>`: a ClusterIP Service on port 80, so the URL needs no port."""
-    return _with_hash(
+    return with_hash(
         {
             "apiVersion": "v1",
             "kind": "Service",
@@ -336,7 +305,7 @@ def autoscaler(ref: InferenceRef, spec: InferenceServiceSpec) -> dict[str, Any] 
             }
         )
     metrics += [dict(metric) for metric in scaling.metrics]
-    return _with_hash(
+    return with_hash(
         {
             "apiVersion": "autoscaling/v2",
             "kind": "HorizontalPodAutoscaler",
@@ -361,7 +330,7 @@ def disruption_budget(ref: InferenceRef, spec: InferenceServiceSpec) -> dict[str
     blocks a node drain."""
     if not spec.may_run_several:
         return None
-    return _with_hash(
+    return with_hash(
         {
             "apiVersion": "policy/v1",
             "kind": "PodDisruptionBudget",

@@ -12,31 +12,29 @@ so overriding MASTER_ADDR in the environment is enough to run the gang on one ma
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from trainforge import contract
 from trainforge.api.trainingjob import KIND, TrainingJobSpec
 from trainforge.render import security
+from trainforge.render.common import (
+    GPU_TAINT_KEY,
+    OwnerRef,
+    RenderSettings,
+    checkpoint_pvc_name,
+    child_metadata,
+    env_var,
+    with_hash,
+)
+from trainforge.render.gang import gang
 from trainforge.render.merge import merge
 from trainforge.render.progress import progress_env, progress_mount, progress_volume
 
-# --- gang scheduling integrations (their own API contracts) --------------------------------
-VOLCANO_API_VERSION = "scheduling.volcano.sh/v1beta1"
-VOLCANO_SCHEDULER = "volcano"
-VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
-COSCHEDULING_API_VERSION = "scheduling.x-k8s.io/v1alpha1"
-COSCHEDULING_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
-KUEUE_GROUP_COUNT_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
-
 MULTUS_NETWORKS_ANNOTATION = "k8s.v1.cni.cncf.io/networks"
-GPU_TAINT_KEY = "nvidia.com/gpu"
 HOSTNAME_TOPOLOGY_KEY = "kubernetes.io/hostname"
 SHM_VOLUME = "dshm"
 CHECKPOINT_VOLUME = "checkpoints"
@@ -46,32 +44,10 @@ TRAINER_MODULE = "trainforge_trainer"
 
 
 @dataclass(frozen=True)
-class JobRef:
+class JobRef(OwnerRef):
     """Identity of the TrainingJob the children belong to."""
 
-    name: str
-    namespace: str
-    uid: str
-
-    @classmethod
-    def from_object(cls, obj: Mapping[str, Any]) -> JobRef:
-        metadata = obj["metadata"]
-        return cls(name=metadata["name"], namespace=metadata["namespace"], uid=metadata["uid"])
-
-
-# The chart overrides it (`trainforge run --trainer-image`); this is the image built from
-# trainer_image/ for this version.
-DEFAULT_TRAINER_IMAGE = "ghcr.io/trainforge/trainer:0.1.0"
-
-
-@dataclass(frozen=True)
-class RenderSettings:
-    """Operator-wide inputs of rendering (from the operator's configuration)."""
-
-    default_image: str = DEFAULT_TRAINER_IMAGE
-    """Trainer image for jobs without spec.image."""
-    progress_url: str = ""
-    """Where rank 0 pushes live progress (the operator's progress endpoint); empty: no push."""
+    kind: ClassVar[str] = KIND
 
 
 @dataclass(frozen=True)
@@ -110,10 +86,6 @@ def worker_pod_name(job_name: str, index: int) -> str:
     return f"{job_name}-worker-{index}"
 
 
-def checkpoint_pvc_name(job_name: str) -> str:
-    return f"{job_name}-checkpoints"
-
-
 def master_addr(job_name: str) -> str:
     """Worker 0's DNS name through the headless Service (resolves inside the namespace)."""
     return f"{worker_pod_name(job_name, 0)}.{service_name(job_name)}"
@@ -132,57 +104,6 @@ def worker_labels(job_name: str, index: int, attempt: int) -> dict[str, str]:
     }
 
 
-def owner_reference(job: JobRef) -> dict[str, Any]:
-    return {
-        "apiVersion": contract.API_VERSION,
-        "kind": KIND,
-        "name": job.name,
-        "uid": job.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
-def spec_hash(manifest: Mapping[str, Any]) -> str:
-    """Hash of everything in the manifest except the hash annotation itself."""
-    metadata = dict(manifest.get("metadata", {}))
-    annotations = {
-        key: value
-        for key, value in metadata.get("annotations", {}).items()
-        if key != contract.ANNOTATION_SPEC_HASH
-    }
-    canonical = json.dumps(
-        {**manifest, "metadata": {**metadata, "annotations": annotations}},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def _with_hash(manifest: dict[str, Any]) -> dict[str, Any]:
-    metadata = manifest["metadata"]
-    annotations = {
-        **metadata.get("annotations", {}),
-        contract.ANNOTATION_SPEC_HASH: spec_hash(manifest),
-    }
-    return {**manifest, "metadata": {**metadata, "annotations": annotations}}
-
-
-def _metadata(
-    job: JobRef,
-    name: str,
-    labels: Mapping[str, str],
-    annotations: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    return {
-        "name": name,
-        "namespace": job.namespace,
-        "labels": dict(labels),
-        "annotations": dict(annotations or {}),
-        "ownerReferences": [owner_reference(job)],
-    }
-
-
 # --- service, PVC, PodGroup ------------------------------------------------------------------
 
 
@@ -192,11 +113,11 @@ def headless_service(job: JobRef) -> dict[str, Any]:
     Not-ready addresses are published because workers have no readiness probe that could
     pass before rendezvous, and rendezvous needs worker 0's name first.
     """
-    return _with_hash(
+    return with_hash(
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": _metadata(job, service_name(job.name), job_selector(job.name)),
+            "metadata": child_metadata(job, service_name(job.name), job_selector(job.name)),
             "spec": {
                 "clusterIP": "None",
                 "publishNotReadyAddresses": True,
@@ -231,44 +152,27 @@ def checkpoint_pvc(job: JobRef, spec: TrainingJobSpec) -> dict[str, Any] | None:
     }
     if template.storage_class_name is not None:
         pvc_spec["storageClassName"] = template.storage_class_name
-    return _with_hash(
+    return with_hash(
         {
             "apiVersion": "v1",
             "kind": "PersistentVolumeClaim",
-            "metadata": _metadata(job, checkpoint_pvc_name(job.name), job_selector(job.name)),
+            "metadata": child_metadata(job, checkpoint_pvc_name(job.name), job_selector(job.name)),
             "spec": pvc_spec,
         }
     )
 
 
 def pod_group(job: JobRef, spec: TrainingJobSpec) -> dict[str, Any] | None:
-    """The PodGroup of a Volcano or Coscheduling gang; None for other policies."""
-    policy = spec.scheduling.gang.policy
-    group_spec: dict[str, Any] = {"minMember": spec.workers}
-    if policy == "Volcano":
-        api_version = VOLCANO_API_VERSION
-        if spec.scheduling.queue_name is not None:
-            group_spec["queue"] = spec.scheduling.queue_name
-        if spec.scheduling.priority_class_name is not None:
-            group_spec["priorityClassName"] = spec.scheduling.priority_class_name
-        if spec.resources.gpus_per_worker:
-            # Lets Volcano hold the whole gang in its queue until the GPUs for all of it are
-            # free; CPU and memory are left to the per-pod scheduling.
-            group_spec["minResources"] = {
-                spec.resources.gpu_resource: str(spec.workers * spec.resources.gpus_per_worker)
-            }
-    elif policy == "Coscheduling":
-        api_version = COSCHEDULING_API_VERSION
-        if spec.scheduling.gang.schedule_timeout_seconds is not None:
-            group_spec["scheduleTimeoutSeconds"] = spec.scheduling.gang.schedule_timeout_seconds
-    else:
+    """The PodGroup of a gang whose integration needs one (render/gang.py); else None."""
+    integration = gang(spec)
+    if integration.pod_group_api_version is None or integration.pod_group_spec is None:
         return None
-    return _with_hash(
+    return with_hash(
         {
-            "apiVersion": api_version,
+            "apiVersion": integration.pod_group_api_version,
             "kind": "PodGroup",
-            "metadata": _metadata(job, pod_group_name(job.name), job_selector(job.name)),
-            "spec": group_spec,
+            "metadata": child_metadata(job, pod_group_name(job.name), job_selector(job.name)),
+            "spec": integration.pod_group_spec(spec),
         }
     )
 
@@ -317,10 +221,6 @@ def expand_env_references(text: str, env: Mapping[str, str]) -> str:
     return _ENV_REFERENCE.sub(replace, text)
 
 
-def _env(name: str, value: object) -> dict[str, Any]:
-    return {"name": name, "value": str(value)}
-
-
 def worker_env(
     job_name: str, spec: TrainingJobSpec, index: int, attempt: int
 ) -> list[dict[str, Any]]:
@@ -328,34 +228,34 @@ def worker_env(
     may override NCCL settings by name, not the operator's own variables)."""
     procs = spec.effective_procs_per_worker
     env = [
-        _env(contract.ENV_MASTER_ADDR, master_addr(job_name)),
-        _env(contract.ENV_MASTER_PORT, contract.DEFAULT_MASTER_PORT),
-        _env(contract.ENV_WORLD_SIZE, spec.world_size),
-        _env(contract.ENV_NNODES, spec.workers),
-        _env(contract.ENV_NODE_RANK, index),
-        _env(contract.ENV_NPROC_PER_NODE, procs),
+        env_var(contract.ENV_MASTER_ADDR, master_addr(job_name)),
+        env_var(contract.ENV_MASTER_PORT, contract.DEFAULT_MASTER_PORT),
+        env_var(contract.ENV_WORLD_SIZE, spec.world_size),
+        env_var(contract.ENV_NNODES, spec.workers),
+        env_var(contract.ENV_NODE_RANK, index),
+        env_var(contract.ENV_NPROC_PER_NODE, procs),
     ]
     if procs == 1:
         # One process per pod: the pod's rank is the global rank, without torchrun.
-        env += [_env(contract.ENV_RANK, index), _env(contract.ENV_LOCAL_RANK, 0)]
+        env += [env_var(contract.ENV_RANK, index), env_var(contract.ENV_LOCAL_RANK, 0)]
     # torchrun reads PET_<OPTION> for every command-line option it is not given.
     env += [
-        _env("PET_NNODES", spec.workers),
-        _env("PET_NODE_RANK", index),
-        _env("PET_NPROC_PER_NODE", procs),
-        _env("PET_MASTER_ADDR", master_addr(job_name)),
-        _env("PET_MASTER_PORT", contract.DEFAULT_MASTER_PORT),
-        _env(contract.ENV_JOB_NAME, job_name),
-        _env(contract.ENV_RESTART_ATTEMPT, attempt),
-        _env(contract.ENV_METRICS_PORT, contract.DEFAULT_METRICS_PORT),
+        env_var("PET_NNODES", spec.workers),
+        env_var("PET_NODE_RANK", index),
+        env_var("PET_NPROC_PER_NODE", procs),
+        env_var("PET_MASTER_ADDR", master_addr(job_name)),
+        env_var("PET_MASTER_PORT", contract.DEFAULT_MASTER_PORT),
+        env_var(contract.ENV_JOB_NAME, job_name),
+        env_var(contract.ENV_RESTART_ATTEMPT, attempt),
+        env_var(contract.ENV_METRICS_PORT, contract.DEFAULT_METRICS_PORT),
         *security.scratch_env(),
     ]
     if spec.checkpoint is not None:
-        env.append(_env(contract.ENV_CHECKPOINT_DIR, spec.checkpoint.mount_path))
+        env.append(env_var(contract.ENV_CHECKPOINT_DIR, spec.checkpoint.mount_path))
     config = trainer_config(spec)
     if config:
         env.append(
-            _env(contract.ENV_CONFIG, json.dumps(config, sort_keys=True, separators=(",", ":")))
+            env_var(contract.ENV_CONFIG, json.dumps(config, sort_keys=True, separators=(",", ":")))
         )
     env += _nccl_env(spec)
     user = [var.to_json() for var in spec.env]
@@ -387,7 +287,7 @@ def _nccl_env(spec: TrainingJobSpec) -> list[dict[str, Any]]:
         ("NCCL_NET_GDR_LEVEL", nccl.gdr_level),
         ("NCCL_DEBUG", nccl.debug),
     )
-    return [_env(name, value) for name, value in settings if value is not None]
+    return [env_var(name, value) for name, value in settings if value is not None]
 
 
 def _container_resources(spec: TrainingJobSpec) -> dict[str, Any]:
@@ -492,23 +392,6 @@ def _affinity(job_name: str, spec: TrainingJobSpec, attempt: int) -> dict[str, A
     return merge(affinity or {}, spread)
 
 
-def _gang_metadata(job_name: str, spec: TrainingJobSpec) -> tuple[dict[str, str], dict[str, str]]:
-    """Labels and annotations that put the pod into its gang."""
-    scheduling = spec.scheduling
-    match scheduling.gang.policy:
-        case "Volcano":
-            return {}, {VOLCANO_GROUP_ANNOTATION: pod_group_name(job_name)}
-        case "Coscheduling":
-            return {COSCHEDULING_GROUP_LABEL: pod_group_name(job_name)}, {}
-        case "Kueue":
-            labels = {KUEUE_GROUP_LABEL: pod_group_name(job_name)}
-            if scheduling.queue_name is not None:
-                labels[KUEUE_QUEUE_LABEL] = scheduling.queue_name
-            return labels, {KUEUE_GROUP_COUNT_ANNOTATION: str(spec.workers)}
-        case _:
-            return {}, {}
-
-
 def _rdma_annotations(spec: TrainingJobSpec) -> dict[str, str]:
     rdma = spec.network.rdma if spec.network else None
     if rdma is None or not rdma.networks:
@@ -524,17 +407,18 @@ def worker_pod(
     if not 0 <= index < spec.workers:
         raise ValueError(f"worker index {index} out of range for {spec.workers} workers")
     name = worker_pod_name(job.name, index)
-    gang_labels, gang_annotations = _gang_metadata(job.name, spec)
+    integration = gang(spec)
+    group = pod_group_name(job.name)
     template = spec.pod_template
     # Operator-set keys win: the planner and the gang scheduler depend on them.
     labels = {
         **(template.metadata.labels if template else {}),
-        **gang_labels,
+        **integration.labels(group, spec),
         **worker_labels(job.name, index, attempt),
     }
     annotations = {
         **(template.metadata.annotations if template else {}),
-        **gang_annotations,
+        **integration.annotations(group, spec),
         **_rdma_annotations(spec),
     }
     pod_spec: dict[str, Any] = {
@@ -548,9 +432,7 @@ def worker_pod(
         "volumes": _volumes(job.name, spec) + progress_volume(settings.progress_url),
     }
     scheduling = spec.scheduling
-    scheduler = (
-        VOLCANO_SCHEDULER if scheduling.gang.policy == "Volcano" else scheduling.scheduler_name
-    )
+    scheduler = integration.scheduler_name or scheduling.scheduler_name
     if scheduler is not None:
         pod_spec["schedulerName"] = scheduler
     if scheduling.priority_class_name is not None:
@@ -565,11 +447,11 @@ def worker_pod(
         pod_spec["affinity"] = affinity
     if template is not None:
         pod_spec = merge(pod_spec, template.spec)
-    return _with_hash(
+    return with_hash(
         {
             "apiVersion": "v1",
             "kind": "Pod",
-            "metadata": _metadata(job, name, labels, annotations),
+            "metadata": child_metadata(job, name, labels, annotations),
             "spec": pod_spec,
         }
     )

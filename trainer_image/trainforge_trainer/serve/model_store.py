@@ -21,9 +21,7 @@ from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 
 from trainforge import contract
-from trainforge_trainer import checkpoint as ckpt
-from trainforge_trainer import config as config_mod
-from trainforge_trainer import logs
+from trainforge_trainer import checkpoint as ckpt, config as config_mod, logs
 from trainforge_trainer.serve.protocol import ProtocolError, Signature, TensorSpec
 
 # What a failed load can raise. DCP's CheckpointException derives from BaseException (not

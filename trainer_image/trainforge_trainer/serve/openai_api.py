@@ -39,8 +39,7 @@ import torch
 import torch.nn.functional as F
 from aiohttp import web
 
-from trainforge_trainer import config as config_mod
-from trainforge_trainer import logs
+from trainforge_trainer import config as config_mod, logs
 from trainforge_trainer.serve.model_store import ServedModel
 
 if TYPE_CHECKING:
