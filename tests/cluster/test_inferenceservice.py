@@ -21,17 +21,6 @@ pytestmark = pytest.mark.cluster
 CHECKPOINT = {"step": 5, "path": "/checkpoints/step-00000005", "time": "2026-11-23T00:00:00Z"}
 
 
-@pytest.fixture(scope="module")
-def operator(
-    cluster: Cluster, kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Operator]:
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    op = start_operator(cluster.kubeconfig, log)
-    yield op
-    op.stop()
-    assert "Traceback" not in op.logs(), op.logs()[-5000:]
-
-
 def apply(kubectl: Kubectl, namespace: str, obj: dict[str, Any]) -> None:
     kubectl("apply", "-n", namespace, "-f", "-", input=yaml.safe_dump(obj))
 

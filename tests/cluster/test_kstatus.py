@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from kubetest import REPO, Cluster, Kubectl, Operator, start_operator, wait_for
+from kubetest import REPO, Kubectl, Operator, wait_for
 from trainforge import contract
 from trainforge.reconcile import inferenceservice as isvc, trainingjob as tj
 from trainforge.render.trainingjob import RenderSettings
@@ -246,17 +245,6 @@ def test_every_inference_service_state_reads_as_docs_gitops_says(kstatus: Path) 
 
 
 # --- live objects ----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def operator(
-    cluster: Cluster, kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Operator]:
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    op = start_operator(cluster.kubeconfig, log)
-    yield op
-    op.stop()
-    assert "Traceback" not in op.logs(), op.logs()[-5000:]
 
 
 def live(kubectl: Kubectl, namespace: str, kind: str, name: str) -> dict[str, Any]:

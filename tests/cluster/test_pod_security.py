@@ -5,12 +5,11 @@ RDMA worker holding IPC_LOCK, which needs `privileged` (docs/install.md, "Pod Se
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from kubetest import Cluster, Kubectl, Operator, start_operator, wait_for
+from kubetest import Kubectl, Operator, wait_for
 from trainforge.api import parse_inference_service_spec, parse_training_job_spec
 from trainforge.render.inferenceservice import InferenceRef, ModelMount, deployment
 from trainforge.render.trainingjob import JobRef, RenderSettings, worker_pod
@@ -28,17 +27,6 @@ WITHOUT_IPC_LOCK: dict[str, Any] = {
     **GPU_RDMA_JOB,
     "network": {"rdma": {**GPU_RDMA_JOB["network"]["rdma"], "ipcLock": False}},
 }
-
-
-@pytest.fixture(scope="module")
-def operator(
-    cluster: Cluster, kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Operator]:
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    op = start_operator(cluster.kubeconfig, log)
-    yield op
-    op.stop()
-    assert "Traceback" not in op.logs(), op.logs()[-5000:]
 
 
 def enforce(kubectl: Kubectl, namespace: str, level: str) -> None:

@@ -10,26 +10,14 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
 
-from kubetest import Cluster, Kubectl, Operator, start_operator, wait_for
+from kubetest import Kubectl, Operator, wait_for
 
 pytestmark = pytest.mark.cluster
-
-
-@pytest.fixture(scope="module")
-def operator(
-    cluster: Cluster, kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Operator]:
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    op = start_operator(cluster.kubeconfig, log)
-    yield op
-    op.stop()
-    assert "Traceback" not in op.logs(), op.logs()[-5000:]
 
 
 def apply(kubectl: Kubectl, namespace: str, obj: dict[str, Any]) -> None:

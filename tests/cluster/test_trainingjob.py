@@ -5,27 +5,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from kubetest import Cluster, Kubectl, Operator, start_operator, wait_for
 
 WORKER_SELECTOR = "trainforge.io/job-name={job}"
-
-
-@pytest.fixture(scope="module")
-def operator(
-    cluster: Cluster, kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Operator]:
-    log = tmp_path_factory.mktemp("operator") / "operator.log"
-    op = start_operator(cluster.kubeconfig, log)
-    yield op
-    op.stop()
-    assert "Traceback" not in op.logs(), op.logs()[-5000:]
 
 
 def job_manifest(name: str, workers: int = 2, gpus: int = 8, cpu: str = "1", **spec: Any) -> str:
