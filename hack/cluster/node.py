@@ -393,9 +393,14 @@ def load_image(archive: Path) -> None:
         return
     started = time.monotonic()
     name = ref.rsplit(":", 1)[0]
-    # Older builds of the same image only take space in the cached store.
+    # Older builds of the same image only take space in the cached store. `ctr images import`
+    # leaves a 24 h lease on what it imported, which would keep a removed build's content and
+    # snapshots (6 GB for the trainer) from the garbage collector: drop those leases (the
+    # images still reference what they use), then remove the old builds and collect at once.
+    for lease in ctr("leases", "ls", "-q", check=False).stdout.split():
+        ctr("leases", "rm", lease, check=False)
     for old in ctr("images", "ls", "-q", f"name~=^{name}:").stdout.split():
-        ctr("images", "rm", old, check=False)
+        ctr("images", "rm", "--sync", old, check=False)
     ctr("images", "import", "--base-name", name, str(archive))
     log(f"loaded {ref} in {time.monotonic() - started:.0f}s")
 
