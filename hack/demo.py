@@ -30,6 +30,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from chat_tokenizer import save_chat_tokenizer
+
 REPO = Path(__file__).resolve().parent.parent
 MODEL = "trainforge-assistant"
 
@@ -75,34 +77,13 @@ def write_corpus(path: Path) -> None:
 def make_base_model(out: Path) -> None:
     """A small Llama (about 3M parameters) and a tokenizer trained on the corpus."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
 
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
     specials = ["<unk>", "<s>", "</s>", "<pad>", "<|user|>", "<|assistant|>", "<|system|>"]
-    texts = [f"{q} {a}" for q, a in FACTS] * 4
-    tok.train_from_iterator(
-        texts,
-        trainers.BpeTrainer(
-            vocab_size=700,
-            special_tokens=specials,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-            show_progress=False,
-        ),
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>"
-    )
-    tokenizer.chat_template = (
-        "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
-        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-    )
-    tokenizer.save_pretrained(out)
+    tokenizer = save_chat_tokenizer(out, [f"{q} {a}" for q, a in FACTS] * 4, 700, specials)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=192,
