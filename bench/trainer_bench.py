@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge_trainer import config as config_mod
 from trainforge_trainer.checkpoint import Checkpointer, CommittedCheckpoint, SaveTimes
 from trainforge_trainer.data import TensorPairs

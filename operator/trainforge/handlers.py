@@ -17,7 +17,8 @@ from typing import Any
 import kopf
 from prometheus_client import start_http_server
 
-from trainforge import contract, kube
+import trainforge_contract as contract
+from trainforge import kube
 from trainforge.leader import LeaderElector, LeaseConfig
 from trainforge.progress.policy import WRITE_INTERVAL_SECONDS
 from trainforge.progress.receiver import PodIdentity, ProgressReceiver, pod_identity, serve

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import kubernetes
 
-from trainforge import contract
+import trainforge_contract as contract
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+import trainforge_contract as contract
 from kubetest import REPO, Kubectl, Operator, wait_for
-from trainforge import contract
 from trainforge.reconcile import inferenceservice as isvc, trainingjob as tj
 from trainforge.render.trainingjob import RenderSettings
 

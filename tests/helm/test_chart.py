@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from helmtest import CHART, KUBE_VERSION, find, granted, render, run_helm, values_args
 
+import trainforge_contract as contract
 from kubetest import REPO
-from trainforge import contract
 
 # One values set per mode the chart supports; tests/helm/test_install.py installs some.
 MODES: dict[str, dict[str, Any]] = {
@@ -225,7 +225,7 @@ def test_monitoring_objects_only_when_enabled(helm: Path, tmp_path: Path) -> Non
     docs = render(helm, MODES["monitoring"], tmp_path)
     assert kinds <= {d["kind"] for d in docs}
     trainers, servers = find(docs, "PodMonitor")
-    # Only rank 0 serves the trainer's metrics (trainforge.contract.DEFAULT_METRICS_PORT).
+    # Only rank 0 serves the trainer's metrics (trainforge_contract.DEFAULT_METRICS_PORT).
     assert trainers["spec"]["selector"]["matchLabels"]["trainforge.io/worker-index"] == "0"
     assert trainers["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
     assert servers["spec"]["podMetricsEndpoints"][0]["port"] == contract.SERVE_PORT_NAME

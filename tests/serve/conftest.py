@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from serve_helpers import TRAIN_CONFIG
 
-from trainforge import contract
+import trainforge_contract as contract
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ import aiohttp
 import numpy as np
 import torch
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge_trainer import checkpoint as ckpt
 from trainforge_trainer.serve.app import InferenceServer
 from trainforge_trainer.serve.settings import ServeSettings

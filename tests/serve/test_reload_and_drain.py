@@ -25,7 +25,7 @@ from serve_helpers import (
     serving,
 )
 
-from trainforge import contract
+import trainforge_contract as contract
 
 pytestmark = pytest.mark.timeout(120)
 INFER = "/v2/models/mlp/infer"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from serve_helpers import commit, serving
 
-from trainforge import contract
+import trainforge_contract as contract
 
 
 def with_val_loss(step_dir: Path, value: float) -> None:

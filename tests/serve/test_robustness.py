@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from serve_helpers import INPUT_DIM, MODEL, commit, free_port, infer_body, serving
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge_trainer import checkpoint as ckpt
 from trainforge_trainer.serve import model_store
 

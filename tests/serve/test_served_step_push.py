@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from serve_helpers import commit, serving
 
-from trainforge import contract
+import trainforge_contract as contract
 
 
 def test_the_served_step_is_pushed_after_each_load(

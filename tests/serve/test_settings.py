@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge_trainer.serve.settings import ServeSettings, SettingsError, parse
 
 REQUIRED = ["--checkpoint-dir", "/ckpt", "--model-name", "m"]

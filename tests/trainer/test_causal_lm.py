@@ -12,8 +12,8 @@ import pytest
 import torch
 from trainer_harness import Launcher, committed_steps, flat_tensors, load_checkpoint
 
+import trainforge_contract as contract
 from lm_fixtures import lm_config, make_model_dir, make_tokenizer, sentences, write_jsonl
-from trainforge import contract
 from trainforge_trainer.__main__ import main
 from trainforge_trainer.checkpoint import latest_committed, load_model_for_inference
 from trainforge_trainer.config import ConfigError

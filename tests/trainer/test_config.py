@@ -13,7 +13,7 @@ import pytest
 import yaml
 from trainer_harness import Launcher
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge_trainer.config import ConfigError, GptConfig, dump, load, parse
 
 REPO = Path(__file__).resolve().parents[2]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from trainer_harness import Job, Launcher, committed_steps
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge_trainer.checkpoint import committed_dirs, read_checkpoint
 
 # A few MB of state and a save every step: most of the time is spent saving.

@@ -12,7 +12,7 @@ import torch
 import yaml
 from trainer_harness import Launcher, committed_steps, load_checkpoint
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge_trainer.checkpoint import latest_committed, load_model_for_inference
 
 GPT = {

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from trainer_harness import Launcher
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge_trainer.checkpoint import latest_committed
 
 CONFIG = {

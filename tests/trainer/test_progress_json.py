@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from trainer_harness import free_port
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge_trainer.metrics import (
     Progress,
     TrainerMetrics,

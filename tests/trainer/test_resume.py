@@ -14,7 +14,7 @@ import pytest
 import torch
 from trainer_harness import Launcher, committed_steps, flat_tensors, load_checkpoint
 
-from trainforge import contract
+import trainforge_contract as contract
 
 
 def _config(strategy: str, async_save: bool, workers: int, samples: int) -> dict[str, Any]:

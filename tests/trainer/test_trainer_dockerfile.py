@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from trainforge import contract
+import trainforge_contract as contract
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "trainer_image" / "Dockerfile"

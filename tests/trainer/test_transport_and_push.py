@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from trainer_harness import Launcher
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge_trainer.transport import transport_from_nccl_log
 
 BASE: dict[str, Any] = {

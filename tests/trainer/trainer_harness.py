@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-from trainforge import contract
+import trainforge_contract as contract
 
 _CTX = multiprocessing.get_context("forkserver")
 # Not "__main__" (pytest's): only what a trainer needs.

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge.api import parse_inference_service_spec
 from trainforge.reconcile.inferenceservice import (
     ChildView,

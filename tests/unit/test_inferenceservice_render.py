@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge.api import parse_inference_service_spec
 from trainforge.render.inferenceservice import (
     InferenceRef,

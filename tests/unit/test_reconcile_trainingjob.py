@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge.reconcile.trainingjob import (
     OTHER_CHILD_KINDS as ALL,
     Observed,

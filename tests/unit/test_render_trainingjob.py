@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge.api import parse_training_job_spec
 from trainforge.render.trainingjob import (
     JobRef,

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from fakeapi import FakeApi, lookup
 
-from trainforge import contract, kube, workqueue
+import trainforge_contract as contract
+from trainforge import kube, workqueue
 from trainforge.reconcile.core import Key
 from trainforge.reconcile.inferenceservice import ChildView, child_view
 from trainforge.reconcile.inferenceservice_runner import InferenceServiceRunner

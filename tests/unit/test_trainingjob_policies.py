@@ -8,7 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge.reconcile.trainingjob import Observed, Plan, PodView
 from trainforge.reconcile.trainingjob_policies import POLICIES, Context
 from trainforge.reconcile.trainingjob_policies.cannot_start import cannot_start

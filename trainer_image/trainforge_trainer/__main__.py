@@ -5,7 +5,7 @@ serve  ...                                               (the inference server's
 export --checkpoint DIR --out DIR [--dtype auto|fp32|bf16|fp16]
                                           (a causal-lm checkpoint as a Hugging Face directory)
 
-Exit codes (trainforge.contract): 0 done, EXIT_CONFIG_ERROR for a config that cannot run
+Exit codes (trainforge_contract): 0 done, EXIT_CONFIG_ERROR for a config that cannot run
 (one line per bad field on stderr, also in the termination message), EXIT_PREEMPTED after a
 SIGTERM-triggered checkpoint.
 """
@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge_trainer.config import ConfigError, load
 from trainforge_trainer.metrics import termination_message_path, write_termination_message
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge_trainer import logs
 from trainforge_trainer.config import CausalLmConfig, ConfigError, parse
 from trainforge_trainer.lm_data import IGNORE_INDEX, read_examples, sequences

@@ -1,6 +1,6 @@
 """Checkpoints: sharded (torch.distributed.checkpoint), atomic, checksummed, pruned.
 
-Layout in TRAINFORGE_CHECKPOINT_DIR (see trainforge.contract):
+Layout in TRAINFORGE_CHECKPOINT_DIR (see trainforge_contract):
 
     step-00000100/          a committed checkpoint: DCP files (.metadata, __<rank>_*.distcp)
       manifest.json         written last: format, step, time, worldSize, trainer config,
@@ -48,7 +48,7 @@ from torch import nn
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict_saver import AsyncSaveResponse
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge_trainer import config as config_mod, logs
 from trainforge_trainer.distributed import DistEnv
 from trainforge_trainer.recipes import build_model

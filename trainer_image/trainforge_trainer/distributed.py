@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge_trainer import transport
 
 

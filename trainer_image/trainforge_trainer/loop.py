@@ -39,7 +39,7 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.nn.parallel import DistributedDataParallel
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge_trainer import checkpoint, config as config_mod, distributed, logs, transport
 from trainforge_trainer.checkpoint import Checkpointer, CommittedCheckpoint, SaveTimes
 from trainforge_trainer.config import ConfigError, TrainerConfig

@@ -28,7 +28,7 @@ from prometheus_client import (
     make_wsgi_app,
 )
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge_trainer.logs import json_safe
 
 _STEP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)

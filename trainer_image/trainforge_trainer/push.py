@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge_trainer import logs
 from trainforge_trainer.metrics import record_json
 

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable, Mapping, MutableMapping
 from pathlib import Path
 
-from trainforge import contract
+import trainforge_contract as contract
 
 # "NET/IB : Using [0]mlx5_0:1/RoCE [1]mlx5_1:1/IB ; OOB eth0:10.0.0.5<0>"
 _IB_DEVICES = re.compile(r"NET/IB : Using (.*)")

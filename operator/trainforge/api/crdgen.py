@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue, NoDefault
 from pydantic_core import core_schema
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge.api import inferenceservice, trainingjob
 
 REPO_ROOT = Path(__file__).resolve().parents[3]

@@ -21,7 +21,7 @@ from pydantic import (
     model_validator,
 )
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge.api.common import (
     DNS_1035_LABEL_PATTERN,
     DNS_LABEL_PATTERN,

@@ -34,7 +34,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge.api import InvalidSpec, parse_training_job
 from trainforge.reconcile.trainingjob import OTHER_CHILD_KINDS, TERMINAL, Observed, PodView, plan
 from trainforge.render.common import RenderSettings

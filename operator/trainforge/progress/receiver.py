@@ -23,7 +23,8 @@ from typing import Any
 
 from aiohttp import web
 
-from trainforge import contract, kube, metrics
+import trainforge_contract as contract
+from trainforge import kube, metrics
 from trainforge.progress.store import ProgressStore
 from trainforge.reconcile.trainingjob import sanitised_progress
 

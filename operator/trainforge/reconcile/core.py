@@ -19,7 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
-from trainforge import contract, kube, metrics, workqueue
+import trainforge_contract as contract
+from trainforge import kube, metrics, workqueue
 from trainforge.api.common import InvalidSpec
 
 logger = logging.getLogger(__name__)

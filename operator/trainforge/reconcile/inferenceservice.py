@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge.api import InferenceServiceSpec, InvalidSpec, parse_inference_service_spec
 from trainforge.reconcile import common
 from trainforge.reconcile.children import refusal

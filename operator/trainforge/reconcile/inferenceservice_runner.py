@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from trainforge import contract, kube, metrics, workqueue
+import trainforge_contract as contract
+from trainforge import kube, metrics, workqueue
 from trainforge.api import InferenceServiceSpec, InvalidSpec
 from trainforge.reconcile import core
 from trainforge.reconcile.children import Problem, write_child

@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge.api.trainingjob import TrainingJobSpec
 from trainforge.reconcile.conditions import Cond
 

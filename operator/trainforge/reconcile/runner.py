@@ -20,7 +20,8 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, ClassVar
 
-from trainforge import contract, kube, metrics, workqueue
+import trainforge_contract as contract
+from trainforge import kube, metrics, workqueue
 from trainforge.api import InvalidSpec, TrainingJobSpec
 from trainforge.progress.policy import WRITE_INTERVAL_SECONDS, next_write_delay, progress_only
 from trainforge.progress.store import Report

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge.api import InvalidSpec, TrainingJobSpec, parse_training_job_spec
 from trainforge.api.common import ApiModel
 from trainforge.api.trainingjob import CheckpointStatus, Progress
@@ -111,7 +111,7 @@ MAX_TERMINATION_MESSAGE = 4096
 
 
 def sanitised_progress(message: str | None) -> dict[str, Any] | None:
-    """The trainer's progress record from a termination message (contract.py), sanitised.
+    """The trainer's progress record from a termination message (trainforge_contract), sanitised.
 
     The message is written by the worker, so it is untrusted: every field is checked against
     the status schema on its own, and one that does not fit (NaN or Infinity from a diverged

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
-from trainforge import contract
+import trainforge_contract as contract
 
 # Tolerated by every GPU pod: the NVIDIA device plugin's documented node taint.
 GPU_TAINT_KEY = "nvidia.com/gpu"

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge.api.inferenceservice import KIND, InferenceServiceSpec
 from trainforge.render import security
 from trainforge.render.common import (

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainforge import contract
+import trainforge_contract as contract
 
 PROGRESS_TOKEN_VOLUME = "trainforge-progress-token"
 

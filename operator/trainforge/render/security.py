@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from trainforge import contract
+import trainforge_contract as contract
 
 SCRATCH_VOLUME = "scratch"
 

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge.api.trainingjob import KIND, TrainingJobSpec
 from trainforge.render import security
 from trainforge.render.common import (

@@ -37,7 +37,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge_trainer import logs
 from trainforge_trainer.push import ProgressPusher
 from trainforge_trainer.serve import protocol

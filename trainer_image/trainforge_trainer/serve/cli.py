@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge_trainer import logs
 from trainforge_trainer.serve.settings import ServeSettings, SettingsError, parse
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint.api import CheckpointException
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge_trainer import checkpoint as ckpt, config as config_mod, logs
 from trainforge_trainer.serve.protocol import ProtocolError, Signature, TensorSpec
 

@@ -1,6 +1,6 @@
 """The server's settings: command-line flags, else TRAINFORGE_SERVE_* env, else defaults.
 
-The operator renders the env variables (trainforge.contract names them); flags are for people.
+The operator renders the env variables (trainforge_contract names them); flags are for people.
 Pure: `parse(argv, env)` returns the settings or raises SettingsError with one line per
 bad value.
 """
@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from trainforge import contract
+import trainforge_contract as contract
 
 # It is a URL path segment: /v2/models/{name}/infer.
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 QUANTIZE_CHOICES = ("none", "int8")
-# Not rendered by the operator (the default suits it), so not in trainforge.contract.
+# Not rendered by the operator (the default suits it), so not in trainforge_contract.
 ENV_BODY_TIMEOUT_SECONDS = "TRAINFORGE_SERVE_BODY_TIMEOUT_SECONDS"
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 

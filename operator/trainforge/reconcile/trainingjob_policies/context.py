@@ -13,7 +13,7 @@ from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge.api import InvalidSpec, TrainingJobSpec, parse_training_job_spec
 from trainforge.reconcile.common import parse_time, rfc3339
 from trainforge.reconcile.conditions import Cond, merge_conditions, stalled_event

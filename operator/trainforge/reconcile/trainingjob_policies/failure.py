@@ -3,7 +3,7 @@ otherwise the gang restarts, counted against spec.failurePolicy.maxRestarts."""
 
 from __future__ import annotations
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge.reconcile.trainingjob_policies.context import Context, Decision
 
 

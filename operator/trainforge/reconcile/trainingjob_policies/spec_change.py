@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trainforge import contract
+import trainforge_contract as contract
 from trainforge.reconcile.trainingjob_policies.context import Context, Decision, worker_index
 
 
