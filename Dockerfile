@@ -1,6 +1,6 @@
 # trainforge operator image: `trainforge run` and nothing else. The trainer and inference
-# server run from trainer_image/Dockerfile (torch); this image installs the operator's
-# dependencies only (`pip install .` without extras).
+# server run from trainer_image/Dockerfile (torch); this image installs the operator
+# distribution and the contract only: no trainer code, no torch.
 #
 #   docker build -t ghcr.io/trainforge/operator:0.1.0 .
 
@@ -13,9 +13,9 @@ RUN python -m venv /opt/trainforge
 WORKDIR /src
 # Only what the distribution is built from; .dockerignore keeps the rest out of the context.
 COPY pyproject.toml README.md ./
+COPY contract/ contract/
 COPY operator/ operator/
-COPY trainer_image/trainforge_trainer/ trainer_image/trainforge_trainer/
-RUN /opt/trainforge/bin/pip install --no-cache-dir . \
+RUN /opt/trainforge/bin/pip install --no-cache-dir . ./contract \
     && /opt/trainforge/bin/trainforge run --help > /dev/null
 
 FROM ${PYTHON_IMAGE}

@@ -14,13 +14,15 @@ REAL_NODE ?=
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-$(VENV)/.installed: pyproject.toml
+# All three distributions editable (the contract, the operator with its dev tools, the
+# trainer): pip takes trainforge-contract, which the other two require, from ./contract.
+$(VENV)/.installed: pyproject.toml contract/pyproject.toml trainer_image/pyproject.toml
 	python3 -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet --progress-bar off -e '.[dev,trainer]'
+	$(BIN)/pip install --quiet --progress-bar off -e ./contract -e '.[dev]' -e ./trainer_image
 	touch $@
 
-setup: $(VENV)/.installed ## create .venv with the project and its dev + trainer extras
+setup: $(VENV)/.installed ## create .venv with the operator (+ dev tools), the contract and the trainer
 
 lint: setup ## ruff + mypy
 	$(BIN)/ruff check .

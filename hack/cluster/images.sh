@@ -8,9 +8,12 @@
 #   trainer   trainer_image/Dockerfile with PYTHON_IMAGE=base
 # Every image is tagged with the hash of its inputs and cached (buildah's storage and the
 # archives under ~/.cache/trainforge/images), so an unchanged image is never rebuilt.
-# pip installs from a wheelhouse (~/.cache/trainforge/wheels/<hash of pyproject.toml>),
-# downloaded from PyPI once: a rebuild never downloads torch again. PyPI's Linux torch is
-# the CUDA build, so its nvidia-* wheels come too (they are imported, not optional).
+# Each image's tag hashes only the sources its Dockerfile copies, so an operator change never
+# rebuilds the 6 GB trainer image (and a trainer change never rebuilds the operator).
+# pip installs from a wheelhouse (~/.cache/trainforge/wheels/<hash of the pyproject files>),
+# downloaded from PyPI once: a rebuild never downloads torch again, and a new wheelhouse
+# starts as hard links to the previous one, so a changed dependency downloads only itself.
+# PyPI's Linux torch is the CUDA build, so its nvidia-* wheels come too (they are imported).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -22,9 +25,9 @@ mkdir -p "$out"
 start=$(date +%s)
 log() { echo "[images $(($(date +%s) - start))s] $*" >&2; }
 hash_of() { cat "$@" | sha256sum | cut -c1-16; }  # contents only: the same in any clone
-# The files a Dockerfile's context holds (the root .dockerignore): hashed in a stable order.
-context_hash() {
-  (cd "$repo" && find pyproject.toml README.md operator trainer_image/trainforge_trainer \
+# The files of the context a Dockerfile copies (its COPY lines): hashed in a stable order.
+context_hash() {  # paths...
+  (cd "$repo" && find "$@" \
     -type f ! -name '*.pyc' ! -path '*/__pycache__/*' ! -path '*.egg-info/*' -print0 \
     | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
 }
@@ -76,25 +79,33 @@ if ! have "$base"; then
 fi
 
 # the wheelhouse both Dockerfiles install from (no index at build time)
-wheels="$cache_root/wheels/$(hash_of "$repo/pyproject.toml")"
+projects=("$repo/contract" "$repo" "$repo/trainer_image")
+wheels="$cache_root/wheels/$(hash_of "${projects[@]/%//pyproject.toml}")"
 if [[ ! -f $wheels/.complete ]]; then
   log "downloading the wheelhouse from PyPI into $wheels"
   mkdir -p "$wheels"
+  # pip download keeps the files already in --dest: seed from the newest complete wheelhouse.
+  previous=$(ls -td "$cache_root"/wheels/*/.complete 2>/dev/null | head -n1 || true)
+  [[ -z $previous ]] || cp -al "$(dirname "$previous")"/*.whl "$wheels"/ 2>/dev/null || true
   python3 -m pip download --quiet --progress-bar off --dest "$wheels" \
-    "setuptools>=69" wheel "$repo[trainer]" >&2
-  rm -f "$wheels"/trainforge-*  # the project itself is built from the context
+    "setuptools>=69" wheel "${projects[@]}" >&2
+  rm -f "$wheels"/trainforge[-_]*  # the projects themselves are built from the context
   touch "$wheels/.complete"
 fi
 pipconf=$(mktemp)
 trap 'rm -f "$pipconf"' EXIT
 printf '[global]\nno-index = true\nfind-links = /wheels\n' > "$pipconf"
 
-ctx_hash=$(context_hash)
 build() {  # name dockerfile [build args...]
   local name=$1 dockerfile=$2
   shift 2
+  # The COPY sources of the build stage (the final stage copies from it only).
+  local sources
+  mapfile -t sources < <(awk '$1 == "COPY" && $2 !~ /^--from/ {for (i = 2; i < NF; i++) print $i}' \
+    "$repo/$dockerfile")
   local tag
-  tag=$(echo "$base_tag $ctx_hash $(hash_of "$repo/$dockerfile") $*" | sha256sum | cut -c1-16)
+  tag=$(echo "$base_tag $(context_hash "${sources[@]}") $(hash_of "$repo/$dockerfile") $*" \
+    | sha256sum | cut -c1-16)
   local ref="localhost/trainforge/$name:$tag"
   if ! have "$ref"; then
     log "building $ref from $dockerfile"

@@ -1,9 +1,11 @@
-"""The operator image's Dockerfile: hadolint clean, and its install step (`pip install .`
-without extras into a fresh virtual environment) gives a working `trainforge run` without torch.
-No image is built here (no container runtime in CI); the install is what could break."""
+"""The operator image's Dockerfile: hadolint clean, and its install step (`pip install .` and
+the contract into a fresh virtual environment) gives a working `trainforge run` without torch
+or the trainer. No image is built here (no container runtime in CI); the install is what could
+break."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -75,8 +77,9 @@ def pip(python: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_install_step_gives_the_operator_without_torch(tmp_path: Path) -> None:
-    """The Dockerfile's `pip install .` (no extras) of its build context in a fresh venv."""
+    """The Dockerfile's `pip install . ./contract` of its build context in a fresh venv."""
     source = build_context(tmp_path / "src")
+    assert not (source / "trainer_image").exists(), "the operator image copies no trainer code"
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
@@ -87,16 +90,23 @@ def test_install_step_gives_the_operator_without_torch(tmp_path: Path) -> None:
         "--no-index",
         f"--find-links={WHEELHOUSE}",
         str(source),
+        str(source / "contract"),
     )
     install = pip(python, *offline)
     if install.returncode != 0:  # first run, or the dependencies changed: fill the wheelhouse
         for args in (
-            ("wheel", "--quiet", f"--wheel-dir={WHEELHOUSE}", str(source)),
+            (
+                "wheel",
+                "--quiet",
+                f"--wheel-dir={WHEELHOUSE}",
+                str(source),
+                str(source / "contract"),
+            ),
             ("download", "--quiet", f"--dest={WHEELHOUSE}", "setuptools>=69", "wheel"),
         ):
             filled = pip(python, *args)
             assert filled.returncode == 0, filled.stderr[-4000:]
-        for own in WHEELHOUSE.glob("trainforge-*.whl"):  # built from source on every run
+        for own in WHEELHOUSE.glob("trainforge[-_]*.whl"):  # built from source on every run
             own.unlink()
         install = pip(python, *offline)
     assert install.returncode == 0, install.stderr[-4000:]
@@ -110,22 +120,32 @@ def test_install_step_gives_the_operator_without_torch(tmp_path: Path) -> None:
     assert help_text.returncode == 0, help_text.stderr
     for flag in ("--namespace", "--leader-election-lease", "--trainer-image", "--liveness-port"):
         assert flag in help_text.stdout
+    # Without the tests' PYTHONPATH (the source tree), as in the image.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     missing = subprocess.run(
         [
             str(python),
             "-c",
-            "import importlib.util as u; print([m for m in ('torch', 'numpy') if u.find_spec(m)])",
+            "import importlib.util as u; "
+            "print([m for m in ('torch', 'numpy', 'trainforge_trainer') if u.find_spec(m)])",
         ],
         capture_output=True,
         text=True,
         timeout=60,
+        env=env,
     )
-    assert missing.stdout.strip() == "[]", "the operator image must not install torch/numpy"
+    assert missing.stdout.strip() == "[]", "the operator image must not install torch/the trainer"
     # What the operator does import at start: handlers, kopf, the kubernetes client.
     imports = subprocess.run(
-        [str(python), "-c", "import trainforge.handlers"],
+        [
+            str(python),
+            "-c",
+            "import trainforge.handlers, trainforge_contract as c; print(c.__file__)",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
+        env=env,
     )
     assert imports.returncode == 0, imports.stderr
+    assert imports.stdout.startswith(str(env_dir)), "the contract comes from its own wheel"

@@ -1,7 +1,8 @@
 """trainer_image/Dockerfile: hadolint clean, non-root, and its install step works.
 
 No image is built (no container runtime here). The install step is replayed instead: the
-files the build stage COPYs, built into a wheel, installed into a fresh virtual environment
+files the build stage COPYs (the contract and the trainer, not the operator), built into
+wheels, installed into a fresh virtual environment
 in which torch is already importable (the image's CUDA-torch-base path, where pip finds torch
 satisfied), then trained with from outside the repository.
 """
@@ -66,10 +67,11 @@ def _build_context(dest: Path) -> Path:
 
 def test_install_step_gives_a_working_trainer(tmp_path: Path) -> None:
     source = _build_context(tmp_path / "src")
+    assert not (source / "operator").exists(), "the trainer image copies no operator code"
     wheel_dir = tmp_path / "wheels"
     built = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-         f"--wheel-dir={wheel_dir}", str(source)],
+         f"--wheel-dir={wheel_dir}", str(source / "contract"), str(source / "trainer_image")],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert built.returncode == 0, built.stderr[-3000:]
@@ -85,31 +87,36 @@ def test_install_step_gives_a_working_trainer(tmp_path: Path) -> None:
         ).strip()
     )
     (site / "base-image.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # --ignore-installed: the development environment's editable installs of the same
+    # distributions are visible through base-image.pth, and must not count as installed.
     installed = subprocess.run(
         [sys.executable, "-m", "pip", "--python", str(python), "install", "--quiet",
-         "--no-index", "--no-deps", *map(str, wheel_dir.glob("trainforge-*.whl"))],
+         "--no-index", "--no-deps", "--ignore-installed",
+         *map(str, wheel_dir.glob("trainforge_*.whl"))],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert installed.returncode == 0, installed.stderr[-3000:]
 
+    # Without the tests' PYTHONPATH (the source tree), as in the image.
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     probe = subprocess.run(
         [str(python), "-c",
          "import json, importlib.metadata as m, trainforge_trainer.loop as l, "
-         "trainforge_trainer.serve as s; print(json.dumps([l.__file__, s.__file__, "
-         "m.requires('trainforge')]))"],
-        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+         "trainforge_trainer.serve as s, trainforge_contract as c; print(json.dumps("
+         "[l.__file__, s.__file__, c.__file__, m.requires('trainforge-trainer')]))"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=clean,
     )  # fmt: skip
     assert probe.returncode == 0, probe.stderr[-3000:]
-    loop_file, serve_file, requires = json.loads(probe.stdout)
-    assert loop_file.startswith(str(env_dir)) and serve_file.startswith(str(env_dir))
-    assert any(r.startswith("torch") and 'extra == "trainer"' in r for r in requires)
+    *files, requires = json.loads(probe.stdout)
+    assert all(f.startswith(str(env_dir)) for f in files), files
+    assert any(r.startswith("torch") for r in requires)
+    assert not (site / "trainforge").exists(), "no operator package in the trainer's venv"
 
     env = {
-        **os.environ,
+        **clean,
         contract.ENV_CONFIG: json.dumps({"maxSteps": 2, "logEverySteps": 1}),
         contract.ENV_CHECKPOINT_DIR: str(tmp_path / "ckpt"),
     }
-    env.pop("PYTHONPATH", None)
     trained = subprocess.run(
         [str(python), "-m", "trainforge_trainer", "train"],
         capture_output=True, text=True, timeout=240, cwd=tmp_path, env=env,
