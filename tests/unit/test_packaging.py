@@ -9,7 +9,9 @@ image, or torch into the operator image, fails here before an image is built.
 
 from __future__ import annotations
 
+import ast
 import importlib.metadata as metadata
+import sys
 import tomllib
 from pathlib import Path
 
@@ -71,3 +73,37 @@ def test_each_dockerfile_copies_and_installs_its_own_distributions() -> None:
     trainer = REPO / "trainer_image" / "Dockerfile"
     assert "pip install --no-cache-dir ./contract ./trainer_image" in trainer.read_text()
     assert "operator" not in copies(trainer)
+
+
+def _third_party_imports(package: Path) -> set[str]:
+    """Top-level names of what the package's modules import, less stdlib and itself."""
+    names: set[str] = set()
+    for source in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                names.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names.add(node.module.split(".")[0])
+    return names - set(sys.stdlib_module_names) - {package.name}
+
+
+def test_each_distribution_declares_what_its_code_imports() -> None:
+    """An import satisfied only through the other half (aiohttp via kopf, say) breaks that
+    half's image: every import must come from the distribution's own closure."""
+    providers = metadata.packages_distributions()
+    for package, roots in (
+        (REPO / "contract" / "trainforge_contract", ("trainforge-contract",)),
+        (REPO / "operator" / "trainforge", ("trainforge-contract", "trainforge")),
+        (
+            REPO / "trainer_image" / "trainforge_trainer",
+            ("trainforge-contract", "trainforge-trainer"),
+        ),
+    ):
+        installed = closure(*roots)
+        missing = {
+            name
+            for name in _third_party_imports(package)
+            if name != "trainforge_contract"
+            and not {canonicalize_name(d) for d in providers.get(name, [name])} & installed
+        }
+        assert not missing, f"{package.name} imports {sorted(missing)}, not in {roots}"
