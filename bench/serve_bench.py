@@ -67,6 +67,7 @@ import torch
 from kserve import InferOutput, InferRequest, InferResponse, Model, ModelServer
 from kserve.utils.utils import generate_uuid
 from trainforge_trainer import checkpoint as ckpt
+from trainforge_trainer.serve import model_store
 
 
 class TorchModel(Model):
@@ -74,7 +75,7 @@ class TorchModel(Model):
         super().__init__(name)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.model = ckpt.load_model_for_inference(ckpt.latest_committed(checkpoint_dir))
+            self.model = model_store.load_model_for_inference(ckpt.latest_committed(checkpoint_dir))
         self.ready = True
 
     async def predict(self, payload: InferRequest, headers=None, response_headers=None):

@@ -20,6 +20,7 @@ import torch
 
 import trainforge_contract as contract
 from trainforge_trainer import checkpoint as ckpt
+from trainforge_trainer.serve import model_store
 from trainforge_trainer.serve.app import InferenceServer
 from trainforge_trainer.serve.settings import ServeSettings
 
@@ -60,7 +61,7 @@ def reference_logits(step_dir: Path, x: np.ndarray) -> np.ndarray:
     """The checkpoint's model run directly, one request at a time (no server, no batching)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        model = ckpt.load_model_for_inference(ckpt.read_checkpoint(step_dir))
+        model = model_store.load_model_for_inference(ckpt.read_checkpoint(step_dir))
     with torch.inference_mode():
         return np.asarray(model(torch.from_numpy(x)).numpy())
 

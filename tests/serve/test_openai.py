@@ -19,6 +19,7 @@ from serve_helpers import commit, serving
 from lm_fixtures import lm_config, make_model_dir, sentences, write_jsonl
 from trainforge_trainer import checkpoint as ckpt
 from trainforge_trainer.causal_lm import load_tokenizer
+from trainforge_trainer.serve import model_store
 from trainforge_trainer.serve.app import InferenceServer
 
 pytestmark = pytest.mark.timeout(300)
@@ -219,7 +220,7 @@ def test_generation_matches_the_checkpoint_run_directly(
 ) -> None:
     found = ckpt.latest_committed(lm_checkpoints)
     assert found is not None
-    model = ckpt.load_model_for_inference(found)
+    model = model_store.load_model_for_inference(found)
     tokenizer = load_tokenizer(found.manifest["config"]["model"]["path"])
     ids = tokenizer("the trainer")["input_ids"]
     with torch.no_grad():

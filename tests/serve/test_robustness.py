@@ -28,7 +28,7 @@ INFER = "/v2/models/mlp/infer"
 def _deleted_while_loading(monkeypatch: pytest.MonkeyPatch, steps: set[int]) -> list[int]:
     """Make the loads of `steps` meet their checkpoint deleted mid-load (keepLast pruning it
     after the server verified it): the real DCP load then fails as it does in the field."""
-    real = ckpt.load_model_for_inference
+    real = model_store.load_model_for_inference
     hit: list[int] = []
 
     def racing(checkpoint: ckpt.CommittedCheckpoint) -> Any:
@@ -39,7 +39,7 @@ def _deleted_while_loading(monkeypatch: pytest.MonkeyPatch, steps: set[int]) -> 
                 data.unlink()
         return real(checkpoint)
 
-    monkeypatch.setattr(ckpt, "load_model_for_inference", racing)
+    monkeypatch.setattr(model_store, "load_model_for_inference", racing)
     return hit
 
 

@@ -15,9 +15,10 @@ from trainer_harness import Launcher, committed_steps, flat_tensors, load_checkp
 import trainforge_contract as contract
 from lm_fixtures import lm_config, make_model_dir, make_tokenizer, sentences, write_jsonl
 from trainforge_trainer.__main__ import main
-from trainforge_trainer.checkpoint import latest_committed, load_model_for_inference
+from trainforge_trainer.checkpoint import latest_committed
 from trainforge_trainer.config import ConfigError
 from trainforge_trainer.lm_data import IGNORE_INDEX, tokenize
+from trainforge_trainer.serve.model_store import load_model_for_inference
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ import yaml
 from trainer_harness import Launcher, committed_steps, load_checkpoint
 
 import trainforge_contract as contract
-from trainforge_trainer.checkpoint import latest_committed, load_model_for_inference
+from trainforge_trainer.checkpoint import latest_committed
+from trainforge_trainer.serve.model_store import load_model_for_inference
 
 GPT = {
     "recipe": "gpt",

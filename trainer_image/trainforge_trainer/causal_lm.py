@@ -167,7 +167,7 @@ def export(checkpoint: Any, out: Path, dtype: str | None = None) -> Path:
 
     `checkpoint` is a CommittedCheckpoint of a causal-lm run; `dtype` overrides export.dtype.
     """
-    from trainforge_trainer.checkpoint import load_model_for_inference
+    from trainforge_trainer.serve.model_store import load_model_for_inference
 
     cfg = parse(checkpoint.manifest["config"])
     if not isinstance(cfg, CausalLmConfig):

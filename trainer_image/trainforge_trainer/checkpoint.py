@@ -18,9 +18,9 @@ Public API (stable; the inference server uses it):
     latest_committed(checkpoint_dir, *, verify=True) -> CommittedCheckpoint | None
         The newest committed checkpoint whose files match their checksums; corrupt or
         incomplete ones are logged and skipped.
-    load_model_for_inference(checkpoint: CommittedCheckpoint) -> torch.nn.Module
-        The model rebuilt from the config in the manifest, weights loaded in this process
-        (no process group needed), on CPU, in eval mode.
+    load_model_weights(checkpoint, state, group=None)
+        The model weights of a checkpoint into `state` (a model state dict), in this process;
+        serve.model_store.load_model_for_inference rebuilds the model around them.
     CommittedCheckpoint: step (int), path (Path), manifest (dict), time (RFC 3339 str)
     read_checkpoint(path, *, verify=True) -> CommittedCheckpoint   (raises InvalidCheckpoint)
 """
@@ -44,14 +44,12 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch import nn
 from torch.distributed.checkpoint.staging import DefaultStager, StagingOptions
 from torch.distributed.checkpoint.state_dict_saver import AsyncSaveResponse
 
 import trainforge_contract as contract
 from trainforge_trainer import config as config_mod, logs
 from trainforge_trainer.distributed import DistEnv
-from trainforge_trainer.recipes import build_model
 
 MANIFEST_FORMAT = "trainforge-checkpoint/1"
 _STEP_DIR = re.compile(rf"^{re.escape(contract.CHECKPOINT_STEP_PREFIX)}(\d{{8}})$")
@@ -196,16 +194,6 @@ def load_model_weights(
         # DCP warns about loading without a process group even when that is asked for.
         warnings.filterwarnings("ignore", "torch.distributed is disabled", UserWarning)
         dcp.load(state, checkpoint_id=checkpoint.path, process_group=group, no_dist=group is None)
-
-
-def load_model_for_inference(checkpoint: CommittedCheckpoint) -> nn.Module:
-    """The trained model on CPU in eval mode (works without torch.distributed set up)."""
-    cfg = config_mod.parse(checkpoint.manifest["config"])
-    model = build_model(cfg)
-    state = model.state_dict()
-    load_model_weights(checkpoint, state)
-    model.load_state_dict(state)
-    return model.eval()
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 import trainforge_contract as contract
 from trainforge_trainer import checkpoint as ckpt, config as config_mod, logs
+from trainforge_trainer.recipes import build_model
 from trainforge_trainer.serve.protocol import ProtocolError, Signature, TensorSpec
 
 # What a failed load can raise. DCP's CheckpointException derives from BaseException (not
@@ -104,12 +105,22 @@ class ServedModel:
         return (str(self.path), self.time)
 
 
+def load_model_for_inference(checkpoint: ckpt.CommittedCheckpoint) -> nn.Module:
+    """The trained model on CPU in eval mode (works without torch.distributed set up)."""
+    cfg = config_mod.parse(checkpoint.manifest["config"])
+    model = build_model(cfg)
+    state = model.state_dict()
+    ckpt.load_model_weights(checkpoint, state)
+    model.load_state_dict(state)
+    return model.eval()
+
+
 def load(checkpoint: ckpt.CommittedCheckpoint, quantize: str, device: torch.device) -> ServedModel:
     config = config_mod.parse(checkpoint.manifest["config"])
     with warnings.catch_warnings():
         # DCP notes that it loads without a process group: exactly what a server wants.
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        module = ckpt.load_model_for_inference(checkpoint)
+        module = load_model_for_inference(checkpoint)
     if quantize == "int8":
         module = quantize_int8(module)
     module = module.to(device).eval()
