@@ -40,6 +40,7 @@ from trainforge_trainer import config as config_mod
 from trainforge_trainer.checkpoint import Checkpointer, CommittedCheckpoint, SaveTimes
 from trainforge_trainer.data import TensorPairs
 from trainforge_trainer.loop import Trainer, lr_factor
+from trainforge_trainer.metrics import TrainerMetrics
 from trainforge_trainer.recipes import build_model
 
 STEP_CONFIG: dict[str, Any] = {
@@ -153,7 +154,7 @@ def _dd(target: Path, n_bytes: int) -> float:
 def _metric_updates_us(trainer: Trainer, n: int = 20000) -> float:
     """Microseconds of the metric updates the loop makes per step (measured in isolation)."""
     m = trainer.metrics
-    assert m is not None
+    assert isinstance(m, TrainerMetrics)
     t = time.perf_counter()
     for i in range(n):
         m.step.set(i)
@@ -196,7 +197,7 @@ def bench_steps(root: Path, steps: int, warmup: int) -> dict[str, float]:
 def _save_timed(checkpointer: Checkpointer, trainer: Trainer) -> float:
     """Seconds a synchronous save holds the loop (what Trainer._save does)."""
     t = time.perf_counter()
-    checkpointer.save(trainer.step, trainer._state())
+    checkpointer.save(trainer.state.step, trainer.state.state_dict())
     return time.perf_counter() - t
 
 
@@ -236,7 +237,8 @@ def bench_checkpoints(root: Path, rounds: int) -> dict[str, float]:
         step_delta_s.append(step_after_save - plain_step)
         trainer.checkpointer.wait()
         async_total_s.append(time.perf_counter() - started)
-        manifest = root / "sync" / contract.checkpoint_dir_name(trainer.step - 1) / "manifest.json"
+        saved = contract.checkpoint_dir_name(trainer.state.step - 1)
+        manifest = root / "sync" / saved / "manifest.json"
         n_bytes = json.loads(manifest.read_text())["bytes"]
         dd_s.append(_dd(root / f"dd-{r}.bin", n_bytes))
     sync.close()

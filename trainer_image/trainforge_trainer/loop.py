@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import io
 import json
 import math
-import pickle
-import random
 import signal
 import time
 from collections.abc import Mapping
@@ -25,15 +22,12 @@ from types import FrameType
 from typing import Any
 from wsgiref.simple_server import WSGIServer
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     get_model_state_dict,
-    get_state_dict,
     set_model_state_dict,
-    set_state_dict,
 )
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
@@ -43,9 +37,10 @@ import trainforge_contract as contract
 from trainforge_trainer import checkpoint, config as config_mod, distributed, logs, transport
 from trainforge_trainer.checkpoint import Checkpointer, CommittedCheckpoint, SaveTimes
 from trainforge_trainer.config import ConfigError, TrainerConfig
-from trainforge_trainer.data import DataPosition, TrainStream, eval_loader
+from trainforge_trainer.data import TrainStream, eval_loader
 from trainforge_trainer.lm_data import IGNORE_INDEX
 from trainforge_trainer.metrics import (
+    NullMetrics,
     Progress,
     TrainerMetrics,
     peak_flops,
@@ -54,6 +49,7 @@ from trainforge_trainer.metrics import (
 )
 from trainforge_trainer.push import ProgressPusher
 from trainforge_trainer.recipes import Recipe, build_recipe
+from trainforge_trainer.train_state import TrainState, seed_all
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -64,29 +60,6 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    return {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _shard(model: nn.Module, world_size: int, device: torch.device, precision: str) -> nn.Module:
@@ -129,11 +102,11 @@ class Trainer:
 
         self.dist = distributed.setup(env)
         logs.configure(self.dist.rank)
-        _seed_all(cfg.seed)
+        seed_all(cfg.seed)
         self.recipe: Recipe = build_recipe(cfg)
         # Same weights on every rank (seeded above); from here on each rank its own streams
         # (dropout masks must differ between ranks).
-        _seed_all(cfg.seed + self.dist.rank)
+        seed_all(cfg.seed + self.dist.rank)
 
         self.device = self.dist.device
         self.model = self._wrap(self.recipe.model.to(self.device))
@@ -155,7 +128,16 @@ class Trainer:
             num_workers=_num_workers(cfg),
             pin_memory=on_gpu,
         )
-        self.step = 0
+        # What a checkpoint holds: saves and loads itself (train_state.py).
+        self.state = TrainState(
+            self.model,
+            self.optimizer,
+            self.scheduler,
+            self.scaler,
+            self.stream,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+        )
         self._val_step: int | None = None
         self._last_committed: CommittedCheckpoint | None = None
         self._peak_flops = peak_flops(torch.cuda.get_device_name(self.device)) if on_gpu else None
@@ -163,9 +145,11 @@ class Trainer:
         self.samples_per_step = cfg.batchSize * cfg.gradAccumSteps * self.dist.world_size
 
         # Telemetry: metrics and /progress on rank 0; the termination message on every pod.
-        self.metrics = TrainerMetrics() if metrics_enabled and self.dist.is_main else None
-        if self.metrics is not None:
-            self.metrics.total_steps.set(cfg.maxSteps)
+        # Where nothing is exported the metrics are no-ops, so the loop never asks.
+        self.metrics: TrainerMetrics | NullMetrics = (
+            TrainerMetrics() if metrics_enabled and self.dist.is_main else NullMetrics()
+        )
+        self.metrics.total_steps.set(cfg.maxSteps)
         self.progress = Progress(
             cfg.maxSteps,
             termination_message_path(env) if self.dist.local_rank == 0 else None,
@@ -219,7 +203,7 @@ class Trainer:
 
     def _serve_metrics(self) -> WSGIServer | None:
         port = self.env.get(contract.ENV_METRICS_PORT)
-        if self.metrics is None or not port:
+        if not isinstance(self.metrics, TrainerMetrics) or not port:
             return None
         try:
             return serve(int(port), self.metrics, self.progress)
@@ -248,55 +232,11 @@ class Trainer:
 
     # --- checkpoint state -----------------------------------------------------------------
 
-    def _state(self) -> dict[str, Any]:
-        model_state, optim_state = get_state_dict(self.model, self.optimizer)
-        trainer = {
-            "step": self.step,
-            "epoch": self.stream.position.epoch,
-            "batchInEpoch": self.stream.position.batch_in_epoch,
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-        }
-        return {
-            "model": model_state,
-            "optim": optim_state,
-            "trainer": io.BytesIO(json.dumps(trainer).encode()),
-            # RNG streams differ per rank, so each rank saves its own under its own key.
-            f"rng/{self.dist.rank}": io.BytesIO(pickle.dumps(_rng_state())),
-        }
-
     def _resume(self, found: CommittedCheckpoint) -> None:
-        state = self._state()
-        same_world = found.manifest.get("worldSize") == self.dist.world_size
-        rng_key = f"rng/{self.dist.rank}"
-        if same_world:
-            state[rng_key] = io.BytesIO()
-        else:
-            del state[rng_key]
-            logs.warning(
-                "rng_not_restored",
-                reason="world size changed",
-                saved=found.manifest.get("worldSize"),
-                now=self.dist.world_size,
-            )
-        state["trainer"] = io.BytesIO()
-        self.checkpointer.load(found, state)
-        set_state_dict(
-            self.model,
-            self.optimizer,
-            model_state_dict=state["model"],
-            optim_state_dict=state["optim"],
-        )
-        trainer = json.loads(state["trainer"].getvalue())
-        self.step = trainer["step"]
-        self.scheduler.load_state_dict(trainer["scheduler"])
-        self.scaler.load_state_dict(trainer["scaler"])
-        self.stream.restore(DataPosition(trainer["epoch"], trainer["batchInEpoch"]))
-        if same_world:
-            _set_rng_state(pickle.loads(state[rng_key].getvalue()))
-        self.checkpointer.last_saved_step = self.step
+        self.state.load(self.checkpointer, found)
+        self.checkpointer.last_saved_step = self.state.step
         self._on_commit(found, None)
-        logs.event("resumed", step=self.step, path=str(found.path))
+        logs.event("resumed", step=self.state.step, path=str(found.path))
 
     def _init_from(self, location: str) -> None:
         found: CommittedCheckpoint | None = None
@@ -327,12 +267,11 @@ class Trainer:
     def _on_commit(self, committed: CommittedCheckpoint, times: SaveTimes | None) -> None:
         """After a save commits (times) or a resume from a committed checkpoint (None)."""
         self._last_committed = committed
-        if self.metrics is not None:
-            self.metrics.last_committed_step.set(committed.step)
-            if times is not None:
-                self.metrics.checkpoint_seconds.observe(times.total)
-                self.metrics.checkpoint_bytes.set(committed.manifest["bytes"])
-                self.metrics.checkpoint_bytes_total.inc(committed.manifest["bytes"])
+        self.metrics.last_committed_step.set(committed.step)
+        if times is not None:
+            self.metrics.checkpoint_seconds.observe(times.total)
+            self.metrics.checkpoint_bytes.set(committed.manifest["bytes"])
+            self.metrics.checkpoint_bytes_total.inc(committed.manifest["bytes"])
         self.progress.update(checkpoint=committed.record())
         self.progress.write()
         if self._pusher is not None:
@@ -349,13 +288,12 @@ class Trainer:
             )
 
     def _on_checkpoint_blocked(self, seconds: float) -> None:
-        if self.metrics is not None:
-            self.metrics.checkpoint_blocking_seconds.inc(seconds)
+        self.metrics.checkpoint_blocking_seconds.inc(seconds)
 
     def _save(self) -> None:
-        if self.checkpointer.last_saved_step == self.step:
+        if self.checkpointer.last_saved_step == self.state.step:
             return
-        self.checkpointer.save(self.step, self._state())
+        self.checkpointer.save(self.state.step, self.state.state_dict())
         self._last_save_time = time.monotonic()
 
     # --- steps ----------------------------------------------------------------------------
@@ -437,7 +375,7 @@ class Trainer:
                 sums[2] += (out.argmax(dim=-1) == targets).sum()
         self.model.train()
         if split == "val":
-            self._val_step = self.step
+            self._val_step = self.state.step
         if self.dist.world_size > 1:
             dist.all_reduce(sums)
         loss_sum, count, correct = sums.tolist()
@@ -451,14 +389,13 @@ class Trainer:
         if split == "val":
             self._val_metrics = {f"val_{k}": v for k, v in result.items() if math.isfinite(v)}
         logs.event(
-            "eval", split=split, step=self.step, **{k: round(v, 6) for k, v in result.items()}
+            "eval", split=split, step=self.state.step, **{k: round(v, 6) for k, v in result.items()}
         )
-        if self.metrics is not None:
-            self.metrics.eval_loss.labels(split).set(result["loss"])
-            if self.recipe.metric is not None:
-                self.metrics.eval_metric.labels(split, self.recipe.metric).set(
-                    result[self.recipe.metric]
-                )
+        self.metrics.eval_loss.labels(split).set(result["loss"])
+        if self.recipe.metric is not None:
+            self.metrics.eval_metric.labels(split, self.recipe.metric).set(
+                result[self.recipe.metric]
+            )
         return result
 
     # --- the run --------------------------------------------------------------------------
@@ -477,7 +414,7 @@ class Trainer:
         self._interval_steps, self._interval_start = 0, time.perf_counter()
         logs.event(
             "training_started",
-            step=self.step,
+            step=self.state.step,
             maxSteps=cfg.maxSteps,
             worldSize=self.dist.world_size,
             globalBatch=self.samples_per_step,
@@ -489,44 +426,43 @@ class Trainer:
         """One optimizer step and what follows it (report, eval, save); an exit code once done:
         0 at maxSteps, EXIT_PREEMPTED after a SIGTERM (with a checkpoint committed)."""
         cfg = self.cfg
-        if self.step >= cfg.maxSteps:
+        if self.state.step >= cfg.maxSteps:
             return self._finish()
         started = time.perf_counter()
         loss, waited = self._train_step()
-        self.step += 1
+        self.state.step += 1
         seconds = time.perf_counter() - started
         self._interval_loss += loss
         self._interval_steps += 1
-        if self.metrics is not None:
-            self.metrics.step.set(self.step)
-            self.metrics.step_seconds.observe(seconds)
-            self.metrics.data_wait_seconds.observe(waited)
-        self.progress.update(step=self.step)
+        self.metrics.step.set(self.state.step)
+        self.metrics.step_seconds.observe(seconds)
+        self.metrics.data_wait_seconds.observe(waited)
+        self.progress.update(step=self.state.step)
         every_s = cfg.checkpoint.everySeconds
         time_due = every_s > 0 and time.monotonic() - self._last_save_time >= every_s
         stop, time_due = self.dist.any_rank(self._stop_requested, time_due)
-        if stop or self.step % cfg.logEverySteps == 0 or self.step == cfg.maxSteps:
+        if stop or self.state.step % cfg.logEverySteps == 0 or self.state.step == cfg.maxSteps:
             self._report()
-        if cfg.evalEverySteps and self.step % cfg.evalEverySteps == 0:
+        if cfg.evalEverySteps and self.state.step % cfg.evalEverySteps == 0:
             self.evaluate("val")
         if stop:
             self._save()
             self.checkpointer.wait()
-            logs.event("preempted", step=self.step)
+            logs.event("preempted", step=self.state.step)
             return contract.EXIT_PREEMPTED
         every = cfg.checkpoint.everySteps
-        if (every and self.step % every == 0) or time_due:
+        if (every and self.state.step % every == 0) or time_due:
             self._save()
         return None
 
     def _finish(self) -> int:
         self._save()
         self.checkpointer.wait()
-        if self._val_step != self.step:  # unless the loop just did
+        if self._val_step != self.state.step:  # unless the loop just did
             self.evaluate("val")
         self.evaluate("test")
         self._export()
-        logs.event("training_finished", step=self.step)
+        logs.event("training_finished", step=self.state.step)
         return 0
 
     def _export(self) -> None:
@@ -546,7 +482,7 @@ class Trainer:
         # Every rank waits for the export and fails with it: the pods end together.
         error = self.dist.broadcast_object(error)
         if error is not None:
-            raise RuntimeError(f"export of step {self.step} failed: {error}")
+            raise RuntimeError(f"export of step {self.state.step} failed: {error}")
 
     def run(self) -> int:
         """Train to maxSteps (exit 0) or until SIGTERM (checkpoint, EXIT_PREEMPTED)."""
@@ -565,7 +501,7 @@ class Trainer:
         samples_s = steps * self.samples_per_step / elapsed
         tokens = self.recipe.tokens_per_sample
         fields: dict[str, Any] = {
-            "step": self.step,
+            "step": self.state.step,
             "loss": round(mean_loss, 6),
             "lr": self.scheduler.get_last_lr()[0],
             "samplesPerSecond": round(samples_s, 2),
@@ -578,26 +514,25 @@ class Trainer:
             mfu = achieved / (self._peak_flops * self.dist.world_size)
             fields["mfu"] = round(mfu, 4)
         logs.event("progress", **fields)
-        remaining = max(0, self.cfg.maxSteps - self.step)
+        remaining = max(0, self.cfg.maxSteps - self.state.step)
         if self._transport is None and self.dist.is_main:
             # Known once the first collectives ran (NCCL connects lazily).
             self._transport = transport.detect(self.device.type == "cuda", self.dist.nccl_log)
             if self._transport:
                 self.progress.update(transport=self._transport)
         self.progress.update(
-            step=self.step,
+            step=self.state.step,
             loss=fields["loss"],
             samplesPerSecond=fields["samplesPerSecond"],
             etaSeconds=round(remaining * elapsed / steps, 1),
         )
         self.progress.write()
-        if self.metrics is not None:
-            self.metrics.loss.set(mean_loss)
-            self.metrics.samples_per_second.set(samples_s)
-            if tokens:
-                self.metrics.tokens_per_second.set(samples_s * tokens)
-            if mfu is not None:
-                self.metrics.mfu.set(mfu)
+        self.metrics.loss.set(mean_loss)
+        self.metrics.samples_per_second.set(samples_s)
+        if tokens:
+            self.metrics.tokens_per_second.set(samples_s * tokens)
+        if mfu is not None:
+            self.metrics.mfu.set(mfu)
 
     def close(self) -> None:
         try:

@@ -103,6 +103,33 @@ class TrainerMetrics:
         )
 
 
+class _NoOp:
+    """A metric that records nothing (Gauge, Counter and Histogram updates alike)."""
+
+    def set(self, value: float) -> None:
+        pass
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def observe(self, value: float) -> None:
+        pass
+
+    def labels(self, *values: str) -> _NoOp:
+        return self
+
+
+_NOOP = _NoOp()
+
+
+class NullMetrics:
+    """TrainerMetrics where nothing is exported (ranks other than 0, metrics turned off):
+    every metric is a no-op, so the loop updates them without asking whether they exist."""
+
+    def __getattr__(self, name: str) -> _NoOp:
+        return _NOOP
+
+
 # Dense bf16/fp16 tensor-core peak per GPU (FLOP/s, vendor datasheets), by device name.
 _PEAK_FLOPS = (
     ("H200", 989e12),
