@@ -32,10 +32,12 @@ context_hash() {  # paths...
     | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
 }
 have() { buildah inspect --type image "$1" >/dev/null 2>&1; }
-# Drop the older builds of an image (a trainer image is 6 GB).
+# Drop the older builds of an image (a trainer image is 6 GB). buildah's reference filter
+# also matches other repositories ending in the same name (localhost/x/trainer), so the
+# names are checked here: only this repository's other tags go.
 prune() {
   buildah images --format '{{.Name}}:{{.Tag}}' --filter "reference=${1%:*}" \
-    | grep -vxF "$1" | xargs -r buildah rmi >/dev/null 2>&1 || true
+    | grep -F "${1%:*}:" | grep -vxF "$1" | xargs -r buildah rmi >/dev/null 2>&1 || true
 }
 # An OCI archive of a local image, uncompressed (containerd imports it as it is).
 export_image() {  # name ref
