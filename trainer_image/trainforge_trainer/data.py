@@ -29,9 +29,10 @@ class TensorPairs(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.inputs[index], self.targets[index]
 
-    # DataLoader calls this with a batch of indices; one gather beats collating rows one by one.
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = torch.tensor(indices)
+    # DataLoader calls this with a batch of indices (TrainStream with a slice of the epoch's
+    # order, a tensor); one gather beats collating rows one by one.
+    def __getitems__(self, indices: list[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.as_tensor(indices)
         return self.inputs[idx], self.targets[idx]
 
 
@@ -49,8 +50,8 @@ class TokenWindows(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         x, y = self.__getitems__([index])
         return x[0], y[0]
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = torch.tensor(indices) * self.seq_len
+    def __getitems__(self, indices: list[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = torch.as_tensor(indices) * self.seq_len
         rows = self.tokens[starts[:, None] + torch.arange(self.seq_len + 1)].long()
         return rows[:, :-1], rows[:, 1:]
 
@@ -147,7 +148,7 @@ class TrainStream:
         self.sampler.set_epoch(self.position.epoch)
         start = self.position.batch_in_epoch * self.batch_size
         if self.num_workers == 0 and isinstance(self.dataset, (TensorPairs, TokenWindows)):
-            return self._in_memory_batches(list(self.sampler)[start:])
+            return self._in_memory_batches(torch.tensor(list(self.sampler)[start:]))
         loader = _loader(
             self.dataset,
             _From(self.sampler, start),
@@ -159,7 +160,7 @@ class TrainStream:
         )
         return iter(loader)
 
-    def _in_memory_batches(self, order: list[int]) -> Iterator[Any]:
+    def _in_memory_batches(self, order: torch.Tensor) -> Iterator[Any]:
         """What a DataLoader without workers yields for our in-memory datasets (the same
         batches of the same sampler order, so resume and checkpoints are unchanged), without
         its per-batch machinery: on a step of a few ms that machinery alone costs ~1 %."""
