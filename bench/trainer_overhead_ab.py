@@ -6,7 +6,8 @@ The trainer package of `--before` (git archive, renamed to trainforge_trainer_be
 pointed at this tree's trainforge_contract) and this tree's trainer each run the small step
 of bench/trainer_bench.py (metrics off), next to the hand-written loop there; the three are
 stepped in rotating order every round, so load from other processes hits them alike.
-Prints medians and each trainer's overhead over the plain loop as JSON (bench/REPORT.md).
+Prints medians, each trainer's overhead over the plain loop, and the median of the per-round
+differences (paired) as JSON (bench/REPORT.md).
 """
 
 from __future__ import annotations
@@ -117,6 +118,18 @@ def _run(args: argparse.Namespace, root: Path) -> None:
                 **{f"{n}_step_ms": round(m * 1e3, 3) for n, m in med.items()},
                 "before_overhead_pct": round((med["before"] / med["plain"] - 1) * 100, 2),
                 "after_overhead_pct": round((med["after"] / med["plain"] - 1) * 100, 2),
+                # Per round (the three ran back to back): steadier when the load drifts.
+                **{
+                    f"{n}_paired_overhead_pct": round(
+                        statistics.median(
+                            x - p for x, p in zip(times[n], times["plain"], strict=True)
+                        )
+                        / med["plain"]
+                        * 100,
+                        2,
+                    )
+                    for n in ("before", "after")
+                },
             },
             indent=1,
         )
