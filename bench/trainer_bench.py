@@ -121,8 +121,9 @@ def _timed(fn: Callable[[], object]) -> float:
 
 def interleaved(
     a: Callable[[], object], b: Callable[[], object], steps: int, warmup: int
-) -> tuple[float, float]:
-    """Median seconds of a and b, run alternately (order flipped every round)."""
+) -> tuple[float, float, float]:
+    """Median seconds of a and b, run alternately (order flipped every round), and the median
+    of the per-round differences a - b (paired: steadier when the load drifts)."""
     ta: list[float] = []
     tb: list[float] = []
     for i in range(warmup + steps):
@@ -133,7 +134,8 @@ def interleaved(
         if i >= warmup:
             ta.append(x)
             tb.append(y)
-    return statistics.median(ta), statistics.median(tb)
+    paired = statistics.median(x - y for x, y in zip(ta, tb, strict=True))
+    return statistics.median(ta), statistics.median(tb), paired
 
 
 def _dd(target: Path, n_bytes: int) -> float:
@@ -168,8 +170,8 @@ def bench_steps(root: Path, steps: int, warmup: int) -> dict[str, float]:
     off = _trainer(STEP_CONFIG, root / "off", metrics=False, port=None)
     assert isinstance(off.recipe.train, TensorPairs)
     plain = PlainLoop(STEP_CONFIG, off.recipe.train)
-    trainer_s, plain_s = interleaved(off.advance, plain.step, steps, warmup)
-    metrics_on_s, metrics_off_s = interleaved(on.advance, off.advance, steps, warmup)
+    trainer_s, plain_s, trainer_extra_s = interleaved(off.advance, plain.step, steps, warmup)
+    metrics_on_s, metrics_off_s, _ = interleaved(on.advance, off.advance, steps, warmup)
     updates_us = _metric_updates_us(on)
     for t in (on, off):
         t.checkpointer.close()
@@ -177,15 +179,19 @@ def bench_steps(root: Path, steps: int, warmup: int) -> dict[str, float]:
     medium = _trainer(MEDIUM_STEP_CONFIG, root / "medium", metrics=True, port=0)
     assert isinstance(medium.recipe.train, TensorPairs)
     medium_plain = PlainLoop(MEDIUM_STEP_CONFIG, medium.recipe.train)
-    medium_s, medium_plain_s = interleaved(medium.advance, medium_plain.step, steps // 3, warmup)
+    medium_s, medium_plain_s, medium_extra_s = interleaved(
+        medium.advance, medium_plain.step, steps // 3, warmup
+    )
     medium.checkpointer.close()
     return {
         "trainer_step_ms": trainer_s * 1e3,
         "plain_step_ms": plain_s * 1e3,
         "trainer_overhead_pct": (trainer_s / plain_s - 1) * 100,
+        "trainer_overhead_paired_pct": trainer_extra_s / plain_s * 100,
         "medium_trainer_step_ms": medium_s * 1e3,
         "medium_plain_step_ms": medium_plain_s * 1e3,
         "medium_trainer_overhead_pct": (medium_s / medium_plain_s - 1) * 100,
+        "medium_trainer_overhead_paired_pct": medium_extra_s / medium_plain_s * 100,
         "metrics_on_step_ms": metrics_on_s * 1e3,
         "metrics_off_step_ms": metrics_off_s * 1e3,
         "metrics_overhead_pct": (metrics_on_s / metrics_off_s - 1) * 100,
