@@ -286,6 +286,30 @@ def operator_calls(
             ]
         ),
     )
+    # A job on a TrainingRuntime in its namespace and one on a ClusterTrainingRuntime (get of
+    # each, once, when the job starts).
+    cluster_runtime = f"{ns}-runtime"
+    kubectl(
+        "apply",
+        "-n",
+        ns,
+        "-f",
+        "-",
+        input=yaml.safe_dump_all(
+            [
+                {
+                    "apiVersion": "trainforge.io/v1alpha1",
+                    "kind": kind,
+                    "metadata": {"name": name},
+                    "spec": {"template": {"image": "example.com/trainer:1"}},
+                }
+                for kind, name in (
+                    ("TrainingRuntime", "small"),
+                    ("ClusterTrainingRuntime", cluster_runtime),
+                )
+            ]
+        ),
+    )
     token = kubectl("create", "token", SA, "-n", release.namespace, "--duration=1h").stdout
     server, ca = admin_server_and_ca(cluster.kubeconfig)
     tmp = tmp_path_factory.mktemp("chart-rbac-operator")
@@ -353,10 +377,35 @@ def operator_calls(
                 input=job("volcano", workers=1, scheduling={"gang": {"policy": "Volcano"}}),
             )
 
+            for runtime_job, ref in (
+                ("namespaced", {"kind": "TrainingRuntime", "name": "small"}),
+                ("clusterwide", {"name": cluster_runtime}),
+            ):
+                kubectl(
+                    "apply",
+                    "-n",
+                    ns,
+                    "-f",
+                    "-",
+                    input=yaml.safe_dump(
+                        {
+                            "apiVersion": "trainforge.io/v1alpha1",
+                            "kind": "TrainingJob",
+                            "metadata": {"name": runtime_job},
+                            "spec": {"runtimeRef": ref},
+                        }
+                    ),
+                )
+
             pods = wait_for(
                 lambda: (p := running_pods(kubectl, ns, "train", 0)) and len(p) == 2 and p,
                 "2 running workers of train",
             )
+            for runtime_job in ("namespaced", "clusterwide"):
+                wait_for(
+                    lambda: running_pods(kubectl, ns, runtime_job, 0),  # noqa: B023
+                    f"the worker of {runtime_job} (from its runtime)",
+                )
             end(kubectl, ns, pods[1:], 1)  # retryable: the whole gang restarts
             pods = wait_for(
                 lambda: (p := running_pods(kubectl, ns, "train", 1)) and len(p) == 2 and p,
@@ -414,6 +463,7 @@ def operator_calls(
         finally:
             operator.stop()
             kubectl("delete", "persistentvolume", *volumes, "--wait=false", check=False)
+            kubectl("delete", "clustertrainingruntime", cluster_runtime, check=False)
         logs = operator.logs()
         assert "Traceback" not in logs, logs[-5000:]
         return list(proxy.calls)
@@ -433,12 +483,17 @@ def chart_role(kubectl: Kubectl, release: Release) -> list[dict[str, Any]]:
     return list(json.loads(out)["rules"])
 
 
+def runtimes_role(kubectl: Kubectl, release: Release) -> list[dict[str, Any]]:
+    """The ClusterRole for ClusterTrainingRuntimes (cluster-scoped, whatever the watch scope)."""
+    name = f"{SA}-runtimes-{release.namespace}"
+    return list(json.loads(kubectl("get", "clusterrole", name, "-o", "json").stdout)["rules"])
+
+
 def test_granted_permissions_are_exactly_the_operators_calls(
     kubectl: Kubectl, release: Release, operator_calls: list[Call]
 ) -> None:
-    grants = {
-        Permission(p.group, p.resource, p.verb) for p in granted(chart_role(kubectl, release))
-    }
+    rules = chart_role(kubectl, release) + runtimes_role(kubectl, release)
+    grants = {Permission(p.group, p.resource, p.verb) for p in granted(rules)}
     used = {p for c in operator_calls if c.status != 403 for p in c.permissions()}
 
     missing = used - grants
