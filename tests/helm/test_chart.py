@@ -89,9 +89,7 @@ def test_namespace_list_mode_binds_a_role_in_each_namespace(helm: Path, tmp_path
 PROGRESS_ROLE = "tf-trainforge-progress-trainforge"
 
 
-def only_runtimes_and_the_progress_token_review(
-    docs: list[dict[str, Any]], namespace: str
-) -> bool:
+def only_runtimes_and_the_progress_token_review(docs: list[dict[str, Any]], namespace: str) -> bool:
     """Namespaced modes grant two things cluster-wide, both cluster-scoped by nature: reading
     ClusterTrainingRuntimes and checking progress tokens (TokenReview)."""
     roles = find(docs, "ClusterRole")
