@@ -4,9 +4,11 @@ the runner that reads the runtime once, snapshots it, and retries while it is mi
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from fakeapi import FakeApi, lookup
 
 from trainforge import contract, workqueue
@@ -17,6 +19,7 @@ from trainforge.reconcile.runtime import RuntimeProblem, RuntimeSource, effectiv
 from trainforge.reconcile.trainingjob import PodView, pod_view
 from trainforge.render.common import RenderSettings
 
+REPO = Path(__file__).resolve().parents[2]
 RDMA_TEMPLATE: dict[str, Any] = {
     "image": "registry.example/trainer:2",
     "env": [{"name": "NCCL_ALGO", "value": "Ring"}, {"name": "TEAM", "value": "platform"}],
@@ -339,6 +342,28 @@ def test_the_runtime_is_snapshotted_so_a_later_edit_does_not_change_the_job() ->
     assert world.job["status"]["runtime"]["generation"] == 1
 
 
+def test_a_refused_job_edit_keeps_the_snapshot_so_the_fix_does_not_restart_the_gang() -> None:
+    world = World(job(workers=1))
+    locked = {**runtime_object(SMALL), "spec": {"template": SMALL, "locked": ["image"]}}
+    world.api.add(locked)
+    world.runner.reconcile(KEY)
+    edited = copy.deepcopy(locked)
+    edited["spec"]["template"]["image"] = "trainer:3"
+    edited["metadata"]["generation"] = 2
+    world.api.add(edited)
+    world.job["spec"]["image"] = "mine:1"  # refused: the runtime locks image
+    world.job["metadata"]["generation"] = 2
+    world.runner.reconcile(KEY)
+    assert world.condition("Stalled")["reason"] == "RuntimeLocked"
+    assert world.job["status"]["runtime"]["generation"] == 1
+    del world.job["spec"]["image"]  # the fix the message names
+    world.job["metadata"]["generation"] = 3
+    world.runner.reconcile(KEY)
+    assert world.condition("Stalled")["status"] == "False"
+    assert world.api.writes("delete", "Pod") == 0
+    assert world.images() == {"trainer:2"}
+
+
 def test_a_suspended_job_picks_up_the_runtime_edit_when_it_resumes() -> None:
     world = World(job(workers=1))
     world.api.add(runtime_object(SMALL))
@@ -373,3 +398,28 @@ def test_jobs_without_a_runtime_have_no_runtime_status() -> None:
     assert "runtime" not in world.job["status"]
     assert "effectiveSpec" not in world.job["status"]
     assert world.api.writes("get", "ClusterTrainingRuntime") == 0
+
+
+# --- trainforge local run --------------------------------------------------------------------
+
+
+def test_a_local_run_resolves_the_runtime_from_the_same_file(tmp_path: Path) -> None:
+    from trainforge.local.run import load_manifest
+
+    example = (REPO / "examples" / "trainingjob-runtime.yaml").read_text()
+    runtime_doc = {
+        "apiVersion": contract.API_VERSION,
+        "kind": "ClusterTrainingRuntime",
+        "metadata": {"name": "rdma-fabric"},
+        "spec": {"template": {"image": "trainer:2", "trainer": {"recipe": "mlp"}}},
+    }
+    alone = tmp_path / "job.yaml"
+    alone.write_text(example)
+    with pytest.raises(SystemExit, match="ClusterTrainingRuntime rdma-fabric is not in this file"):
+        load_manifest(alone)
+    both = tmp_path / "both.yaml"
+    both.write_text(example + "---\n" + yaml.safe_dump(runtime_doc))
+    spec = load_manifest(both)["spec"]
+    assert spec["image"] == "trainer:2"
+    assert spec["trainer"]["recipe"] == "gpt"  # the job's wins
+    assert "runtimeRef" not in spec

@@ -63,13 +63,16 @@ class Context:
         parsed = obs.spec or parse_effective_spec(self.job.get("spec", {}), obs.runtime)
         self.spec_error = None if isinstance(parsed, TrainingJobSpec) else parsed
         self._spec = parsed if isinstance(parsed, TrainingJobSpec) else None
-        if obs.runtime is not None and self._spec is not None:
-            # What `kubectl get tj -o yaml` shows: the runtime as the job started with it, and
-            # the spec that results.
+        if obs.runtime is not None and (self._spec is not None or obs.runtime.from_snapshot):
+            # What `kubectl get tj -o yaml` shows: the runtime as the job started with it (kept
+            # while a job edit is refused, so fixing the job cannot pick up a newer runtime),
+            # and the spec that results. A runtime read that failed is not kept: the next
+            # reconcile reads it again.
             self.status["runtime"] = obs.runtime.snapshot()
-            self.status["effectiveSpec"] = self._spec.model_dump(
-                mode="json", by_alias=True, exclude_none=True
-            )
+            if self._spec is not None:
+                self.status["effectiveSpec"] = self._spec.to_json()
+            elif "effectiveSpec" in self.old:
+                self.status["effectiveSpec"] = self.old["effectiveSpec"]
 
     @property
     def spec(self) -> TrainingJobSpec:
