@@ -139,8 +139,9 @@ def release(
             "prometheusRule": {"enabled": True},
             "dashboard": {"enabled": True},
         },
+        {"exampleRuntime": {"enabled": True}, "operator": {"defaultRuntime": "rdma-fabric"}},
     ],
-    ids=["all", "release", "list", "ha-all", "ha-list", "monitoring"],
+    ids=["all", "release", "list", "ha-all", "ha-list", "monitoring", "example-runtime"],
 )
 def test_rendered_manifests_pass_server_validation(
     cluster: Cluster,
@@ -164,6 +165,9 @@ def test_rendered_manifests_pass_server_validation(
     ).stdout
     result = kubectl("apply", "--dry-run=server", "-f", "-", input=rendered)
     assert "deployment.apps/check-trainforge created (server dry run)" in result.stdout
+    if values.get("exampleRuntime", {}).get("enabled"):
+        # The CRD's schema and rules accept the chart's example runtime.
+        assert "clustertrainingruntime.trainforge.io/rdma-fabric created" in result.stdout
 
 
 # --- the operator with the chart's RBAC --------------------------------------------------------
