@@ -363,7 +363,7 @@ def test_prometheus_scrapes_the_operator(
             for r in query(port, f'trainforge_trainingjobs{{namespace="{ns}"}}')
         }
         assert {p: by_phase.get(p) for p in ("Running", "Succeeded", "Failed")} == {
-            "Running": "1",
+            "Running": "2",  # "running" and "on-runtime"
             "Succeeded": "1",
             "Failed": "1",
         }, by_phase
