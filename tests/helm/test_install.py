@@ -740,9 +740,19 @@ def test_uninstall_removes_everything_but_the_crds(
     cluster_wide = kubectl(
         "get", "clusterrole,clusterrolebinding", "-l", selector, "-o", "name"
     ).stdout.split()
-    # The HA release (same release name, another namespace) keeps its own progress grant.
-    left = [n for n in cluster_wide if "-progress-" not in n or n.endswith(f"-{release.namespace}")]
+    # The HA release (same release name, another namespace) keeps its own progress and
+    # runtimes grants.
+    left = [
+        n
+        for n in cluster_wide
+        if not ("-progress-" in n or "-runtimes-" in n) or n.endswith(f"-{release.namespace}")
+    ]
     assert not left, left
-    for crd in ("trainingjobs.trainforge.io", "inferenceservices.trainforge.io"):
+    for crd in (
+        "trainingjobs.trainforge.io",
+        "inferenceservices.trainforge.io",
+        "trainingruntimes.trainforge.io",
+        "clustertrainingruntimes.trainforge.io",
+    ):
         kubectl("get", "crd", crd)
     kubectl("get", "tj", "survivor", "-n", release.watched)  # user data stays with its CRD
