@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--trainer-image", default=None, help="image for TrainingJobs that do not set spec.image"
     )
+    run.add_argument(
+        "--default-runtime",
+        default="",
+        metavar="NAME",
+        help="ClusterTrainingRuntime for TrainingJobs without spec.runtimeRef (docs/platform.md)",
+    )
     run.add_argument("--log-format", choices=("json", "plain"), default="json")
     run.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
@@ -122,6 +128,7 @@ def run_operator(args: argparse.Namespace) -> int:
     render = RenderSettings(
         **({"default_image": args.trainer_image} if args.trainer_image else {}),
         progress_url=args.progress_url,
+        default_runtime=args.default_runtime,
     )
     lease_namespace, _, lease_name = args.leader_election_lease.rpartition("/")
     if args.leader_election_lease and not (lease_namespace and lease_name):

@@ -34,6 +34,8 @@ RESOURCES: dict[str, tuple[str, bool]] = {
     "NetworkAttachmentDefinition": ("network-attachment-definitions", True),
     "TrainingJob": ("trainingjobs", True),
     "InferenceService": ("inferenceservices", True),
+    "TrainingRuntime": ("trainingruntimes", True),
+    "ClusterTrainingRuntime": ("clustertrainingruntimes", False),
 }
 
 

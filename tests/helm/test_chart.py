@@ -13,6 +13,7 @@ from helmtest import CHART, KUBE_VERSION, find, granted, render, run_helm, value
 
 from kubetest import REPO
 from trainforge import contract
+from trainforge.api.runtime import parse_runtime_spec
 
 # One values set per mode the chart supports; tests/helm/test_install.py installs some.
 MODES: dict[str, dict[str, Any]] = {
@@ -53,6 +54,7 @@ def test_default_watches_all_namespaces_with_a_cluster_role(helm: Path, tmp_path
     assert "--all-namespaces" in operator_args(docs)
     assert [r["metadata"]["name"] for r in find(docs, "ClusterRole")] == [
         "tf-trainforge",
+        "tf-trainforge-runtimes-trainforge",
         PROGRESS_ROLE,
     ]
     for binding in find(docs, "ClusterRoleBinding"):
@@ -67,7 +69,7 @@ def test_release_namespace_mode_uses_a_role_there(helm: Path, tmp_path: Path) ->
     assert [a for a in operator_args(docs) if a.startswith("--namespace")] == ["--namespace=ml"]
     assert [r["metadata"]["namespace"] for r in find(docs, "Role")] == ["ml"]
     assert [r["metadata"]["namespace"] for r in find(docs, "RoleBinding")] == ["ml"]
-    assert only_the_progress_token_review(docs, "ml")
+    assert only_runtimes_and_the_progress_token_review(docs, "ml")
 
 
 def test_namespace_list_mode_binds_a_role_in_each_namespace(helm: Path, tmp_path: Path) -> None:
@@ -81,22 +83,26 @@ def test_namespace_list_mode_binds_a_role_in_each_namespace(helm: Path, tmp_path
     assert sorted(r["metadata"]["namespace"] for r in find(docs, "Role")) == ["team-a", "team-b"]
     for binding in find(docs, "RoleBinding"):
         assert binding["subjects"][0]["namespace"] == "trainforge"  # the operator's own SA
-    assert only_the_progress_token_review(docs, "trainforge")
+    assert only_runtimes_and_the_progress_token_review(docs, "trainforge")
 
 
 PROGRESS_ROLE = "tf-trainforge-progress-trainforge"
 
 
-def only_the_progress_token_review(docs: list[dict[str, Any]], namespace: str) -> bool:
-    """Namespaced modes grant one thing cluster-wide: checking progress tokens (TokenReview,
-    cluster-scoped by nature)."""
+def only_runtimes_and_the_progress_token_review(docs: list[dict[str, Any]], namespace: str) -> bool:
+    """Namespaced modes grant two things cluster-wide, both cluster-scoped by nature: reading
+    ClusterTrainingRuntimes and checking progress tokens (TokenReview)."""
     roles = find(docs, "ClusterRole")
-    [binding] = find(docs, "ClusterRoleBinding")
+    bindings = find(docs, "ClusterRoleBinding")
     return (
-        [r["metadata"]["name"] for r in roles] == [f"tf-trainforge-progress-{namespace}"]
-        and {str(p) for p in granted(roles[0]["rules"])}
-        == {"create authentication.k8s.io/tokenreviews"}
-        and binding["roleRef"]["name"] == roles[0]["metadata"]["name"]
+        [r["metadata"]["name"] for r in roles]
+        == [f"tf-trainforge-runtimes-{namespace}", f"tf-trainforge-progress-{namespace}"]
+        and [{str(p) for p in granted(r["rules"])} for r in roles]
+        == [
+            {"get trainforge.io/clustertrainingruntimes"},
+            {"create authentication.k8s.io/tokenreviews"},
+        ]
+        and [b["roleRef"]["name"] for b in bindings] == [r["metadata"]["name"] for r in roles]
     )
 
 
@@ -111,7 +117,9 @@ def test_live_progress_endpoint_service_and_grant_only_when_enabled(
     assert service["spec"]["ports"][0]["targetPort"] == "progress"
     off = render(helm, {**MODES["release-namespace"], "progress": {"enabled": False}}, tmp_path)
     assert not [a for a in operator_args(off) if a.startswith("--progress")]
-    assert not find(off, "ClusterRole") and not find(off, "ClusterRoleBinding")
+    assert [r["metadata"]["name"] for r in find(off, "ClusterRole")] == [
+        "tf-trainforge-runtimes-trainforge"
+    ]
 
 
 def test_every_mode_grants_the_same_operator_permissions(helm: Path, tmp_path: Path) -> None:
@@ -217,6 +225,25 @@ def test_values_reach_the_operator_flags(helm: Path, tmp_path: Path) -> None:
     ):
         assert arg in container["args"]
     assert container["resources"]["requests"]["cpu"] == "2"
+
+
+def test_example_runtime_and_default_runtime_only_when_set(helm: Path, tmp_path: Path) -> None:
+    docs = render(helm, {}, tmp_path)
+    assert not find(docs, "ClusterTrainingRuntime")
+    assert not [a for a in operator_args(docs) if a.startswith("--default-runtime")]
+    docs = render(
+        helm,
+        {"exampleRuntime": {"enabled": True}, "operator": {"defaultRuntime": "rdma-fabric"}},
+        tmp_path,
+    )
+    [runtime] = find(docs, "ClusterTrainingRuntime")
+    assert runtime["metadata"]["name"] == "rdma-fabric"
+    assert runtime["spec"]["locked"] == ["network"]
+    rdma = runtime["spec"]["template"]["network"]["rdma"]
+    assert [n["name"] for n in rdma["networks"]] == ["rdma-rail-0", "rdma-rail-1"]
+    assert "--default-runtime=rdma-fabric" in operator_args(docs)
+    # The operator's own model accepts what the chart renders.
+    assert parse_runtime_spec(runtime["spec"]).template.resources is not None
 
 
 def test_monitoring_objects_only_when_enabled(helm: Path, tmp_path: Path) -> None:

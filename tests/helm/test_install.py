@@ -139,8 +139,9 @@ def release(
             "prometheusRule": {"enabled": True},
             "dashboard": {"enabled": True},
         },
+        {"exampleRuntime": {"enabled": True}, "operator": {"defaultRuntime": "rdma-fabric"}},
     ],
-    ids=["all", "release", "list", "ha-all", "ha-list", "monitoring"],
+    ids=["all", "release", "list", "ha-all", "ha-list", "monitoring", "example-runtime"],
 )
 def test_rendered_manifests_pass_server_validation(
     cluster: Cluster,
@@ -164,6 +165,9 @@ def test_rendered_manifests_pass_server_validation(
     ).stdout
     result = kubectl("apply", "--dry-run=server", "-f", "-", input=rendered)
     assert "deployment.apps/check-trainforge created (server dry run)" in result.stdout
+    if values.get("exampleRuntime", {}).get("enabled"):
+        # The CRD's schema and rules accept the chart's example runtime.
+        assert "clustertrainingruntime.trainforge.io/rdma-fabric created" in result.stdout
 
 
 # --- the operator with the chart's RBAC --------------------------------------------------------
@@ -286,6 +290,30 @@ def operator_calls(
             ]
         ),
     )
+    # A job on a TrainingRuntime in its namespace and one on a ClusterTrainingRuntime (get of
+    # each, once, when the job starts).
+    cluster_runtime = f"{ns}-runtime"
+    kubectl(
+        "apply",
+        "-n",
+        ns,
+        "-f",
+        "-",
+        input=yaml.safe_dump_all(
+            [
+                {
+                    "apiVersion": "trainforge.io/v1alpha1",
+                    "kind": kind,
+                    "metadata": {"name": name},
+                    "spec": {"template": {"image": "example.com/trainer:1"}},
+                }
+                for kind, name in (
+                    ("TrainingRuntime", "small"),
+                    ("ClusterTrainingRuntime", cluster_runtime),
+                )
+            ]
+        ),
+    )
     token = kubectl("create", "token", SA, "-n", release.namespace, "--duration=1h").stdout
     server, ca = admin_server_and_ca(cluster.kubeconfig)
     tmp = tmp_path_factory.mktemp("chart-rbac-operator")
@@ -353,10 +381,35 @@ def operator_calls(
                 input=job("volcano", workers=1, scheduling={"gang": {"policy": "Volcano"}}),
             )
 
+            for runtime_job, ref in (
+                ("namespaced", {"kind": "TrainingRuntime", "name": "small"}),
+                ("clusterwide", {"name": cluster_runtime}),
+            ):
+                kubectl(
+                    "apply",
+                    "-n",
+                    ns,
+                    "-f",
+                    "-",
+                    input=yaml.safe_dump(
+                        {
+                            "apiVersion": "trainforge.io/v1alpha1",
+                            "kind": "TrainingJob",
+                            "metadata": {"name": runtime_job},
+                            "spec": {"runtimeRef": ref},
+                        }
+                    ),
+                )
+
             pods = wait_for(
                 lambda: (p := running_pods(kubectl, ns, "train", 0)) and len(p) == 2 and p,
                 "2 running workers of train",
             )
+            for runtime_job in ("namespaced", "clusterwide"):
+                wait_for(
+                    lambda: running_pods(kubectl, ns, runtime_job, 0),  # noqa: B023
+                    f"the worker of {runtime_job} (from its runtime)",
+                )
             end(kubectl, ns, pods[1:], 1)  # retryable: the whole gang restarts
             pods = wait_for(
                 lambda: (p := running_pods(kubectl, ns, "train", 1)) and len(p) == 2 and p,
@@ -414,6 +467,7 @@ def operator_calls(
         finally:
             operator.stop()
             kubectl("delete", "persistentvolume", *volumes, "--wait=false", check=False)
+            kubectl("delete", "clustertrainingruntime", cluster_runtime, check=False)
         logs = operator.logs()
         assert "Traceback" not in logs, logs[-5000:]
         return list(proxy.calls)
@@ -433,12 +487,17 @@ def chart_role(kubectl: Kubectl, release: Release) -> list[dict[str, Any]]:
     return list(json.loads(out)["rules"])
 
 
+def runtimes_role(kubectl: Kubectl, release: Release) -> list[dict[str, Any]]:
+    """The ClusterRole for ClusterTrainingRuntimes (cluster-scoped, whatever the watch scope)."""
+    name = f"{SA}-runtimes-{release.namespace}"
+    return list(json.loads(kubectl("get", "clusterrole", name, "-o", "json").stdout)["rules"])
+
+
 def test_granted_permissions_are_exactly_the_operators_calls(
     kubectl: Kubectl, release: Release, operator_calls: list[Call]
 ) -> None:
-    grants = {
-        Permission(p.group, p.resource, p.verb) for p in granted(chart_role(kubectl, release))
-    }
+    rules = chart_role(kubectl, release) + runtimes_role(kubectl, release)
+    grants = {Permission(p.group, p.resource, p.verb) for p in granted(rules)}
     used = {p for c in operator_calls if c.status != 403 for p in c.permissions()}
 
     missing = used - grants
@@ -681,9 +740,19 @@ def test_uninstall_removes_everything_but_the_crds(
     cluster_wide = kubectl(
         "get", "clusterrole,clusterrolebinding", "-l", selector, "-o", "name"
     ).stdout.split()
-    # The HA release (same release name, another namespace) keeps its own progress grant.
-    left = [n for n in cluster_wide if "-progress-" not in n or n.endswith(f"-{release.namespace}")]
+    # The HA release (same release name, another namespace) keeps its own progress and
+    # runtimes grants.
+    left = [
+        n
+        for n in cluster_wide
+        if not ("-progress-" in n or "-runtimes-" in n) or n.endswith(f"-{release.namespace}")
+    ]
     assert not left, left
-    for crd in ("trainingjobs.trainforge.io", "inferenceservices.trainforge.io"):
+    for crd in (
+        "trainingjobs.trainforge.io",
+        "inferenceservices.trainforge.io",
+        "trainingruntimes.trainforge.io",
+        "clustertrainingruntimes.trainforge.io",
+    ):
         kubectl("get", "crd", crd)
     kubectl("get", "tj", "survivor", "-n", release.watched)  # user data stays with its CRD

@@ -232,9 +232,9 @@ def test_the_spec_is_parsed_once_per_generation(monkeypatch: pytest.MonkeyPatch)
     parsed: list[int] = []
     real = runner_module.parse_spec
 
-    def counting(job: Any) -> Any:
+    def counting(job: Any, runtime: Any) -> Any:
         parsed.append(job["metadata"]["generation"])
-        return real(job)
+        return real(job, runtime)
 
     monkeypatch.setattr(runner_module, "parse_spec", counting)
     api = FakeApi()

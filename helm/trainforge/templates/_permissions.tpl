@@ -6,6 +6,8 @@ same list as a table.
 
 - trainforge.rules: in each watched namespace (or cluster-wide with watch.scope all), the
   one list both the ClusterRole and the per-namespace Roles render.
+- trainforge.runtimeRules: ClusterTrainingRuntimes are cluster-scoped, so a ClusterRole
+  whatever the watch scope.
 - trainforge.leaderElectionRules: HA only (replicaCount > 1), in the release namespace only,
   whatever the watch scope.
 
@@ -82,10 +84,24 @@ namespaces and CRDs off, and records its own Events instead of kopf's.
 - apiGroups: [scheduling.x-k8s.io]
   resources: [podgroups]
   verbs: [get, create]
+# A TrainingJob's spec.runtimeRef to a TrainingRuntime in its namespace: read once when the
+# job starts (then snapshotted in its status); never listed or watched.
+- apiGroups: [trainforge.io]
+  resources: [trainingruntimes]
+  verbs: [get]
 # Existence check of spec.network.rdma.networks (Multus NetworkAttachmentDefinitions): a
 # missing one becomes a Stalled condition instead of pods stuck in ContainerCreating.
 - apiGroups: [k8s.cni.cncf.io]
   resources: [network-attachment-definitions]
+  verbs: [get]
+{{- end -}}
+
+{{/* ClusterTrainingRuntimes (spec.runtimeRef, or operator.defaultRuntime): read once when a
+job starts, like TrainingRuntimes. They are cluster-scoped: a ClusterRole whatever the watch
+scope. */}}
+{{- define "trainforge.runtimeRules" -}}
+- apiGroups: [trainforge.io]
+  resources: [clustertrainingruntimes]
   verbs: [get]
 {{- end -}}
 

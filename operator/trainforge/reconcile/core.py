@@ -35,9 +35,10 @@ class Memory:
     adds its own create expectations."""
 
     written_status: dict[str, Any] | None = None
-    # (metadata.generation, the spec parsed at it, or why it is invalid): a spec changes only
-    # with the generation, so it is validated once per change, not on every reconcile.
-    spec: tuple[int, Any] | None = None
+    # ((metadata.generation, the kind's other inputs), the spec parsed from them, or why it is
+    # invalid): a spec changes only with them, so it is validated once per change, not on every
+    # reconcile.
+    spec: tuple[tuple[int, tuple[Any, ...]], Any] | None = None
 
 
 M = TypeVar("M", bound=Memory)
@@ -53,7 +54,7 @@ class Runner(Generic[M, S]):
         self,
         objects: ObjectLookup,
         new_memory: Callable[[], M],
-        parse_spec: Callable[[Mapping[str, Any]], S],
+        parse_spec: Callable[..., S],
         gauge: metrics.PhaseGauge,
         api: kube.Api,
     ) -> None:
@@ -90,16 +91,17 @@ class Runner(Generic[M, S]):
         """Observe, plan and apply `obj` (its status is the last one written)."""
         raise NotImplementedError
 
-    def spec(self, obj: Mapping[str, Any], memory: M) -> S | InvalidSpec:
-        """The object's spec, parsed once per generation (or why it is invalid)."""
-        generation = int(obj["metadata"].get("generation", 0))
-        if memory.spec is None or memory.spec[0] != generation:
+    def spec(self, obj: Mapping[str, Any], memory: M, *inputs: Any) -> S | InvalidSpec:
+        """The object's spec, parsed once per generation and `inputs` (what else the kind
+        resolves its spec from: a TrainingJob's runtime), or why it is invalid."""
+        key = (int(obj["metadata"].get("generation", 0)), inputs)
+        if memory.spec is None or memory.spec[0] != key:
             parsed: S | InvalidSpec
             try:
-                parsed = self._parse_spec(obj)
+                parsed = self._parse_spec(obj, *inputs)
             except InvalidSpec as e:
                 parsed = e
-            memory.spec = (generation, parsed)
+            memory.spec = (key, parsed)
         result: S | InvalidSpec = memory.spec[1]
         return result
 

@@ -178,7 +178,9 @@ def resolve_model(
             "create it or fix the name",
             stalled=True,
         )
-    checkpoint = (job.get("spec") or {}).get("checkpoint")
+    # A job with a runtime may have its checkpoint volume from the runtime.
+    job_spec = (job.get("status") or {}).get("effectiveSpec") or job.get("spec") or {}
+    checkpoint = job_spec.get("checkpoint")
     if not checkpoint:
         return Resolution(
             None,

@@ -21,13 +21,14 @@ from functools import partial
 from typing import Any, ClassVar
 
 from trainforge import contract, kube, metrics, workqueue
-from trainforge.api import InvalidSpec, TrainingJobSpec
+from trainforge.api import InvalidSpec, TrainingJobSpec, runtime as runtime_api
 from trainforge.progress.policy import WRITE_INTERVAL_SECONDS, next_write_delay, progress_only
 from trainforge.progress.store import Report
 from trainforge.reconcile import core
 from trainforge.reconcile.children import Problem, write_child
 from trainforge.reconcile.common import parse_time
 from trainforge.reconcile.core import Key
+from trainforge.reconcile.runtime import RuntimeSource
 from trainforge.reconcile.trainingjob import (
     TERMINAL,
     Observed,
@@ -110,7 +111,8 @@ class TrainingJobRunner(core.Runner[Memory, TrainingJobSpec]):
         attempt = int(status.get("restartAttempt", 0))
         if attempt != memory.attempt:
             memory.attempt, memory.created_pods = attempt, {}
-        spec = self.spec(job, memory)
+        runtime = self._observe_runtime(job, status)
+        spec = self.spec(job, memory, runtime)
         observed = Observed(
             job=job,
             pods=self._observe_pods(job, memory),
@@ -118,6 +120,7 @@ class TrainingJobRunner(core.Runner[Memory, TrainingJobSpec]):
             missing_references=self._missing_references(job, status, spec),
             children_present=self._children_present(job, memory),
             rejected=memory.rejected,
+            runtime=runtime,
             spec=spec,
             live=self._live(job["metadata"]["uid"]),
         )
@@ -128,7 +131,34 @@ class TrainingJobRunner(core.Runner[Memory, TrainingJobSpec]):
             return 0.0  # report what changed (a new refusal, or that it is gone) at once
         if memory.rejected:
             raise workqueue.Backoff(memory.rejected[0][1], result.requeue_after)
+        if isinstance(spec, InvalidSpec) and runtime is not None and not runtime.from_snapshot:
+            # Nothing watches runtimes: look again, less and less often, until it is fixed.
+            raise workqueue.Backoff(spec.messages[0], result.requeue_after)
         return result.requeue_after
+
+    def _observe_runtime(self, job: dict[str, Any], status: dict[str, Any]) -> RuntimeSource | None:
+        """The job's runtime: the snapshot in status.runtime once the job has one (a later edit
+        of the runtime never changes a started job), read from the API server before that,
+        and again while the job is suspended (resuming picks up the runtime's new version)."""
+        spec = job.get("spec") or {}
+        ref = spec.get("runtimeRef")
+        if ref is None:
+            if not self._settings.default_runtime:
+                return None
+            ref = {"kind": runtime_api.CLUSTER_KIND, "name": self._settings.default_runtime}
+        kind, name = ref.get("kind", runtime_api.CLUSTER_KIND), ref["name"]
+        snapshot = status.get("runtime") or {}
+        if (snapshot.get("kind"), snapshot.get("name")) == (kind, name) and not spec.get("suspend"):
+            return RuntimeSource(
+                kind, name, snapshot.get("generation", 0), snapshot.get("spec", {}), True
+            )
+        namespace = job["metadata"]["namespace"] if kind == runtime_api.KIND else ""
+        found = self.api.get(kube.Ref(contract.API_VERSION, kind, namespace, name))
+        if found is None:
+            return RuntimeSource(kind, name)
+        return RuntimeSource(
+            kind, name, int(found["metadata"].get("generation", 0)), found.get("spec") or {}
+        )
 
     def _observe_pods(self, job: dict[str, Any], memory: Memory) -> list[PodView]:
         meta = job["metadata"]

@@ -20,6 +20,7 @@ from trainforge.reconcile.trainingjob_policies.previous_gang import previous_gan
 from trainforge.reconcile.trainingjob_policies.progress import record_progress
 from trainforge.reconcile.trainingjob_policies.references import missing_references
 from trainforge.reconcile.trainingjob_policies.running import running
+from trainforge.reconcile.trainingjob_policies.runtime import runtime_problem
 from trainforge.reconcile.trainingjob_policies.spec_change import spec_change
 from trainforge.reconcile.trainingjob_policies.stale import delete_stale
 from trainforge.reconcile.trainingjob_policies.success import success
@@ -27,6 +28,7 @@ from trainforge.reconcile.trainingjob_policies.suspend import suspend
 
 POLICIES: tuple[Policy, ...] = (
     record_progress,  # keeps the newest progress and checkpoint workers reported
+    runtime_problem,  # runtime missing, invalid, or a locked field overridden
     invalid_spec,
     finished,  # Succeeded and Failed are sticky; TTL after finishing
     delete_stale,  # pods of an older attempt go
