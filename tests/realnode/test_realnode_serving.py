@@ -172,7 +172,9 @@ def test_a_running_jobs_progress_and_checkpoints_show_live_and_are_served_as_it_
     newer = wait_for(follows, "the server to serve a newer checkpoint", 180, interval=2)
     assert isinstance(newer, dict)
     print(f"followed after {time.monotonic() - started:.0f}s: {newer}")
-    assert newer["step"] >= newer["servedStep"], newer
+    # A committed periodic checkpoint (servedStep may run ahead of step, the one the
+    # operator last wrote: a server loads the newest checkpoint on the claim by itself).
+    assert newer["servedStep"] % EVERY == 0, newer
     columns = printed_columns(real_kubectl, ns, "infsvc", "serve")
     assert int(columns["SERVED"]) >= newer["servedStep"], columns
     after = get(real_kubectl, ns, "pod", server["metadata"]["name"])
