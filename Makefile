@@ -41,7 +41,7 @@ system-deps: ## Debian packages the tests use (etcd, prometheus, containerd, bui
 cluster-build: ## build the control-plane binaries into the cache (once per version)
 	bash hack/cluster/build.sh
 
-node-build: system-deps ## build the real node's kubelet, CoreDNS and pause into the cache (once per version)
+node-build: system-deps ## build the real node's kubelet, kube-proxy, CoreDNS and pause into the cache (once per version)
 	bash hack/cluster/build-node.sh >/dev/null
 
 # images.sh itself waits for build-node.sh (the pause image), so that under `make -j` the
