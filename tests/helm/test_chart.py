@@ -353,6 +353,9 @@ def test_crds_render_as_the_generated_ones_that_helm_never_deletes(
         assert metadata.pop("annotations") == {"helm.sh/resource-policy": "keep"}, name
         assert metadata.pop("labels")["app.kubernetes.io/part-of"] == "trainforge", name
         assert crd == generated[name], f"{name} renders differently from crds/{name}.yaml"
+        # Client-side apply (kubectl, Argo CD by default) keeps the whole object in an
+        # annotation, and all annotations together are limited to 256 KiB (docs/gitops.md).
+        assert len(json.dumps(crd, separators=(",", ":"))) < 256 * 1024, name
 
 
 def test_crds_install_false_renders_no_crd(helm: Path, tmp_path: Path) -> None:

@@ -49,6 +49,7 @@ JOBS_NAMESPACE = "ml"
 # references (issue 13). The test fails, naming the fields that are new, when it is missing.
 NEW_FIELD = ("trainingjobs.trainforge.io", "spec.runtimeRef")
 INSTALL_DOC = REPO / "docs" / "install.md"
+UPGRADE, ADOPT = "## Upgrade", "### From chart 0.1.0 (CRDs in `crds/`)"
 
 
 # --- the CRDs and their schemas ------------------------------------------------------------------
@@ -143,11 +144,14 @@ def baseline_chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return dest / "helm" / "trainforge"
 
 
-def documented(marker: str) -> str:
-    """The first sh block of docs/install.md that contains `marker`."""
-    blocks = re.findall(r"^```sh\n(.*?)^```", INSTALL_DOC.read_text(), re.M | re.S)
+def documented(section: str, marker: str) -> str:
+    """The first sh block after the heading `section` of docs/install.md that contains
+    `marker`."""
+    text = INSTALL_DOC.read_text()
+    assert f"\n{section}\n" in text, f"docs/install.md has no section {section!r}"
+    blocks = re.findall(r"^```sh\n(.*?)^```", text.split(f"\n{section}\n", 1)[1], re.M | re.S)
     found = [b for b in blocks if marker in b]
-    assert found, f"docs/install.md has no sh block with {marker!r}"
+    assert found, f"docs/install.md has no sh block with {marker!r} in {section!r}"
     return found[0]
 
 
@@ -293,22 +297,29 @@ def test_a_fresh_install_creates_the_crds_and_uninstall_keeps_them(
     """The chart on a cluster that has never seen trainforge. (Runs first: the module's other
     tests start from BASELINE's chart on a cluster without the CRDs, so it deletes them.)"""
     assert not trainforge_crds(bare_kubectl)
-    helm_in(bare_cluster, helm, "install", "fresh", str(CHART), "--create-namespace")
     names = sorted(generated_crds(CHART))
-    bare_kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{n}" for n in names)
-    )
-    for name, crd in trainforge_crds(bare_kubectl).items():
-        assert crd["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep", name
-        assert crd["metadata"]["annotations"]["meta.helm.sh/release-name"] == "fresh", name
+    try:
+        helm_in(bare_cluster, helm, "install", "fresh", str(CHART), "--create-namespace")
+        bare_kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s", *(f"crd/{n}" for n in names)
+        )
+        annotations = {
+            name: crd["metadata"]["annotations"]
+            for name, crd in trainforge_crds(bare_kubectl).items()
+        }
+        for name in names:
+            assert annotations[name]["helm.sh/resource-policy"] == "keep", annotations
+            assert annotations[name]["meta.helm.sh/release-name"] == "fresh", annotations
 
-    out = helm_in(bare_cluster, helm, "uninstall", "fresh", "--wait")
-    assert "These resources were kept due to the resource policy" in out, out
-    assert sorted(trainforge_crds(bare_kubectl)) == names
-    bare_kubectl("delete", "crd", *names)
+        out = helm_in(bare_cluster, helm, "uninstall", "fresh", "--wait")
+        assert "These resources were kept due to the resource policy" in out, out
+        assert sorted(trainforge_crds(bare_kubectl)) == names
+    finally:
+        helm_in(bare_cluster, helm, "uninstall", "fresh", "--wait", check=False)
+        bare_kubectl("delete", "crd", "--ignore-not-found", *names)
 
 
-def test_plain_upgrade_refuses_the_crds_of_the_crds_folder_and_changes_nothing(
+def test_plain_upgrade_refuses_to_adopt_the_old_crds_and_changes_nothing(
     bare_cluster: Cluster,
     bare_kubectl: Kubectl,
     helm: Path,
@@ -316,17 +327,17 @@ def test_plain_upgrade_refuses_the_crds_of_the_crds_folder_and_changes_nothing(
     old_release: OldRelease,
 ) -> None:
     crds = trainforge_crds(bare_kubectl)
-    value = new_field_value(baseline_chart, CHART)
-    refused = bare_kubectl(
-        "apply", "-f", "-", input=job("uses-new-field", runtimeRef=value), check=False
-    )
-    assert refused.returncode != 0 and NEW_FIELD[1] in refused.stderr, refused
-
     out = helm_in(bare_cluster, helm, "upgrade", RELEASE, str(CHART), check=False)
     assert "exists and cannot be imported into the current release" in out, out
     assert "invalid ownership metadata" in out, out
     assert trainforge_crds(bare_kubectl) == crds
     assert Snapshot.take(bare_kubectl) == old_release.before
+    # The old schema is still in place: it refuses the new field.
+    value = new_field_value(baseline_chart, CHART)
+    refused = bare_kubectl(
+        "apply", "-f", "-", input=job("uses-new-field", runtimeRef=value), check=False
+    )
+    assert refused.returncode != 0 and NEW_FIELD[1] in refused.stderr, refused
 
 
 def test_documented_upgrade_updates_the_crds_and_keeps_the_jobs_running(
@@ -337,8 +348,8 @@ def test_documented_upgrade_updates_the_crds_and_keeps_the_jobs_running(
     old_release: OldRelease,
 ) -> None:
     kubectl, operator = bare_kubectl, old_release.operator
-    run_documented(bare_cluster, helm, documented("meta.helm.sh/release-name="))
-    run_documented(bare_cluster, helm, documented(f"helm upgrade {RELEASE} ./helm/trainforge"))
+    run_documented(bare_cluster, helm, documented(ADOPT, "meta.helm.sh/release-name="))
+    run_documented(bare_cluster, helm, documented(UPGRADE, f"helm upgrade {RELEASE} "))
 
     live = trainforge_crds(kubectl)
     for name, crd in generated_crds(CHART).items():
@@ -357,7 +368,8 @@ def test_documented_upgrade_updates_the_crds_and_keeps_the_jobs_running(
         kubectl("get", "tj", "uses-new-field", "-n", JOBS_NAMESPACE, "-o", "json").stdout
     )
     _, path = NEW_FIELD
-    assert stored["spec"][path.removeprefix("spec.")] == value, stored["spec"]
+    kept = stored["spec"][path.removeprefix("spec.")]  # with the schema's defaults filled in
+    assert value.items() <= kept.items() if isinstance(value, dict) else kept == value, kept
 
 
 def test_rollback_upgrades_and_uninstall_keep_the_crds_and_the_jobs(
@@ -365,7 +377,7 @@ def test_rollback_upgrades_and_uninstall_keep_the_crds_and_the_jobs(
 ) -> None:
     kubectl = bare_kubectl
     upgraded = {name: schema(crd) for name, crd in trainforge_crds(kubectl).items()}
-    upgrade = documented(f"helm upgrade {RELEASE} ./helm/trainforge")
+    upgrade = documented(UPGRADE, f"helm upgrade {RELEASE} ")
 
     def unchanged(step: str) -> None:
         crds = {name: schema(crd) for name, crd in trainforge_crds(kubectl).items()}
