@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from helmtest import CHART, KUBE_VERSION, find, granted, render, run_helm, values_args
 
 from kubetest import REPO
@@ -342,17 +343,52 @@ def test_kube_version_range_is_enforced(helm: Path) -> None:
 
 # --- CRDs ---------------------------------------------------------------------------------------
 
+KIND_CRD = "CustomResourceDefinition"
+
 
 def test_chart_crds_are_exactly_the_generated_ones() -> None:
     generated = {p.name: p.read_bytes() for p in (REPO / "crds").iterdir()}
-    shipped = {p.name: p.read_bytes() for p in (CHART / "crds").iterdir()}
+    shipped = {p.name: p.read_bytes() for p in (CHART / "files" / "crds").iterdir()}
     assert generated, "no generated CRDs in crds/"
     stale = sorted(
         n for n in generated.keys() | shipped.keys() if generated.get(n) != shipped.get(n)
     )
     assert not stale, (
-        f"helm/trainforge/crds/ differs from crds/ in {stale}: run `bash hack/sync-chart-crds.sh`"
+        f"helm/trainforge/files/crds/ differs from crds/ in {stale}: "
+        "run `bash hack/sync-chart-crds.sh`"
     )
+    # Helm installs a chart's crds/ folder once and never upgrades it; the CRDs are templates
+    # (templates/crds.yaml). A crds/ folder next to them would also make `helm install` fail:
+    # the CRDs it creates first have no Helm ownership metadata, so the templates may not
+    # adopt them.
+    assert not (CHART / "crds").exists(), (
+        "helm/trainforge/crds/ is back: `git rm -r helm/trainforge/crds` "
+        "(hack/sync-chart-crds.sh copies the CRDs to helm/trainforge/files/crds/)"
+    )
+
+
+def test_crds_render_as_the_generated_ones_that_helm_never_deletes(
+    helm: Path, tmp_path: Path
+) -> None:
+    rendered = {d["metadata"]["name"]: d for d in find(render(helm, {}, tmp_path), KIND_CRD)}
+    generated = {
+        p.stem: yaml.safe_load(p.read_text()) for p in sorted((REPO / "crds").glob("*.yaml"))
+    }
+    assert rendered.keys() == generated.keys()
+    for name, crd in rendered.items():
+        metadata = crd["metadata"]
+        assert metadata.pop("annotations") == {"helm.sh/resource-policy": "keep"}, name
+        assert metadata.pop("labels")["app.kubernetes.io/part-of"] == "trainforge", name
+        assert crd == generated[name], f"{name} renders differently from crds/{name}.yaml"
+        # Client-side apply (kubectl, Argo CD by default) keeps the whole object in an
+        # annotation, and all annotations together are limited to 256 KiB (docs/gitops.md).
+        assert len(json.dumps(crd, separators=(",", ":"))) < 256 * 1024, name
+
+
+def test_crds_install_false_renders_no_crd(helm: Path, tmp_path: Path) -> None:
+    docs = render(helm, {"crds": {"install": False}}, tmp_path)
+    assert not find(docs, KIND_CRD)
+    assert find(docs, "Deployment")
 
 
 # --- metrics used by alerts and the dashboard ---------------------------------------------------

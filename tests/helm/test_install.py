@@ -10,7 +10,6 @@ leader with the chart's Lease permissions. Then upgrade (jobs survive) and unins
 from __future__ import annotations
 
 import json
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,17 +28,22 @@ from helmtest import (
     admin_server_and_ca,
     granted,
     plain_kubeconfig,
+    reconciles,
     run_helm,
     values_args,
 )
 
-from kubetest import Cluster, Kubectl, Operator, start_operator, wait_for
+from kubetest import Cluster, Kubectl, start_operator, wait_for
 
 pytestmark = pytest.mark.cluster
 
 MONITORING_CRDS = Path(__file__).parent / "testdata" / "prometheus-operator-crds"
 RELEASE = "tf"
 SA = f"{RELEASE}-trainforge"
+# The session's CRDs come from the kubectl fixture (crds/, for every test), so these releases
+# do not install them; two releases could not both own them anyway. The chart's CRD templates
+# are installed and upgraded by tests/helm/test_crd_upgrade.py on a cluster of its own.
+NO_CRDS = {"crds": {"install": False}}
 
 # Permissions the chart grants that the run below does not exercise, and why. The test fails
 # when one of them is used after all (then it is verified: remove it here).
@@ -88,7 +92,7 @@ def install(
     uninstalled and both namespaces deleted afterwards."""
     system = create_namespace(kubectl, "trainforge-system")
     watched = create_namespace(kubectl, "ml")
-    values = {"watch": {"scope": "list", "namespaces": [watched]}, **values}
+    values = {"watch": {"scope": "list", "namespaces": [watched]}, **NO_CRDS, **values}
     out = run_helm(
         helm,
         "install",
@@ -579,18 +583,6 @@ def lease_holder(kubectl: Kubectl, namespace: str, name: str) -> str:
     return json.loads(out.stdout)["spec"].get("holderIdentity", "") if out.returncode == 0 else ""
 
 
-def reconciles(operator: Operator) -> float:
-    """trainforge_reconcile_total over both kinds, from the replica's /metrics."""
-    url = f"http://127.0.0.1:{operator.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        lines = response.read().decode().splitlines()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in lines
-        if line.startswith("trainforge_reconcile_total{")
-    )
-
-
 def test_ha_replicas_elect_one_leader_with_the_chart_rbac(
     cluster: Cluster, kubectl: Kubectl, ha_release: Release, tmp_path: Path
 ) -> None:
@@ -689,6 +681,7 @@ def test_upgrade_with_changed_values_keeps_jobs(
         "watch": {"scope": "list", "namespaces": [ns]},
         "replicaCount": 2,
         "operator": {"workers": 4},
+        **NO_CRDS,
     }
     run_helm(
         helm,
