@@ -213,7 +213,12 @@ class RecordingProxy:
                         self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                         self.wfile.flush()
                     self.wfile.write(b"0\r\n\r\n")
-                except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                except (
+                    BrokenPipeError,
+                    ConnectionResetError,
+                    TimeoutError,
+                    http.client.IncompleteRead,  # a watch cut when the test stops
+                ):
                     self.close_connection = True
                 finally:
                     conn.close()
