@@ -331,12 +331,9 @@ def test_user_env_comes_last_and_may_override_nccl_settings() -> None:
             {},
             "scheduler-plugins-scheduler",
         ),
-        (
-            {"gang": {"policy": "Kueue"}, "queueName": "team-a"},
-            {"kueue.x-k8s.io/queue-name": "team-a", "kueue.x-k8s.io/pod-group-name": "llm"},
-            {"kueue.x-k8s.io/pod-group-total-count": "3"},
-            None,
-        ),
+        # Kueue admits the job's Workload (render/kueue.py): its pods must not look like a
+        # Kueue pod group, which Kueue's pod integration would queue a second time.
+        ({"gang": {"policy": "Kueue"}, "queueName": "team-a"}, {}, {}, None),
     ],
 )
 def test_gang_policy_pod_metadata(
