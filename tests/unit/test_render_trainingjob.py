@@ -422,6 +422,25 @@ def test_spread_workers_adds_required_anti_affinity_to_the_users_affinity() -> N
     assert "affinity" not in pod({})["spec"]
 
 
+@pytest.mark.parametrize(
+    ("mode", "field"),
+    [
+        ("Required", "requiredDuringSchedulingIgnoredDuringExecution"),
+        ("Preferred", "preferredDuringSchedulingIgnoredDuringExecution"),
+    ],
+)
+def test_topology_keeps_this_attempts_workers_together_by_the_node_label(
+    mode: str, field: str
+) -> None:
+    topology = {"key": "example.com/rack", "mode": mode}
+    rendered = pod({"scheduling": {"spreadWorkers": True, "topology": topology}}, attempt=1)
+    [term] = rendered["spec"]["affinity"]["podAffinity"][field]
+    term = term.get("podAffinityTerm", term)
+    assert term["topologyKey"] == "example.com/rack"
+    assert term["labelSelector"]["matchLabels"]["trainforge.io/restart-attempt"] == "1"
+    assert "podAntiAffinity" in rendered["spec"]["affinity"]  # spreadWorkers still applies
+
+
 def test_scheduling_fields_pass_through() -> None:
     toleration = {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}
     rendered = pod(
