@@ -43,6 +43,15 @@ def operator(
     assert "Traceback" not in op.logs(), op.logs()[-5000:]
 
 
+@pytest.fixture(autouse=True)
+def delete_queue(kubectl: Kubectl, namespace: str) -> Iterator[None]:
+    """make_queue's cluster-scoped objects go with the test (their namespace goes anyway)."""
+    yield
+    kubectl("delete", "clusterqueue", namespace, "--wait=false", "--ignore-not-found", check=False)
+    kubectl("delete", "resourceflavor", f"{namespace}-flavor", "--wait=false",
+            "--ignore-not-found", check=False)  # fmt: skip
+
+
 def apply_objects(kubectl: Kubectl, *objects: dict[str, Any]) -> None:
     kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects))
 

@@ -192,5 +192,4 @@ def test_kueue_places_the_gang_in_one_rack(
         )
     finally:
         kubectl("delete", "trainingjob", "--all", "-n", namespace, check=False)
-        kubectl("delete", "clusterqueue", namespace, "--wait=false", check=False)
         kubectl("delete", "topologies.kueue.x-k8s.io", topology, "--wait=false", check=False)
