@@ -8,6 +8,7 @@ LocalQueue, so Kueue decides with exactly the quota the test states. KWOK runs t
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,10 @@ def test_quota_admits_one_gang_and_queues_the_next_until_it_frees(
         "Kueue's reason (insufficient quota) in the job's Suspended condition",
     )
     assert "team" in queued["message"]
+    # The queued Workload is the one the operator made, not replaced on every resync (5 s).
+    uid = workload(kubectl, namespace, "second")["metadata"]["uid"]
+    time.sleep(6)
+    assert workload(kubectl, namespace, "second")["metadata"]["uid"] == uid
 
     # Suspending the first job deactivates its Workload: Kueue evicts it, the operator hands
     # the quota back once its workers are gone, and the second gang starts.

@@ -296,3 +296,20 @@ def test_without_the_integration_the_job_stalls_with_the_fix() -> None:
     assert cond(result, "Stalled")["reason"] == "KueueNotEnabled"
     assert "kueue.enabled=true" in cond(result, "Stalled")["message"]
     assert not result.create
+
+
+def queued_workload(workers: int) -> dict[str, Any]:
+    """The Workload the operator made for `workers` workers, as Kueue left it: queued."""
+    made = run(job(workers=workers), [], KueueView(None)).workload_create
+    assert made is not None
+    made["metadata"]["uid"] = "wl-uid"
+    made["status"] = {"conditions": [{"type": "QuotaReserved", "status": "False"}]}
+    return made
+
+
+def test_queued_workload_of_an_edited_job_is_replaced() -> None:
+    assert run(job(workers=2), [], KueueView(queued_workload(2))).workload_delete is None
+    assert run(job(workers=3), [], KueueView(queued_workload(2))).workload_delete == "wl-uid"
+    reserved = queued_workload(2)
+    reserved["status"]["conditions"][0]["status"] = "True"
+    assert run(job(workers=3), [], KueueView(reserved)).workload_delete is None

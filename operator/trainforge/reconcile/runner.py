@@ -314,6 +314,8 @@ class TrainingJobRunner(core.Runner[Memory, TrainingJobSpec]):
         ref = kube.Ref(WORKLOAD_API_VERSION, "Workload", meta["namespace"], meta["name"])
         if result.workload_create is not None:
             self.api.create(result.workload_create)
+        if result.workload_delete is not None:
+            self.api.delete(ref, uid=result.workload_delete or None)
         if result.workload_active is not None:
             self.api.patch(ref, {"spec": {"active": result.workload_active}})
         if result.workload_status is not None:

@@ -187,8 +187,9 @@ class Plan(common.Plan):
     counted_restart: bool = False
     became_running: bool = False
     # Gang policy Kueue (reconcile/kueue.py): the Workload to create, the spec.active to set,
-    # the status patch to write.
+    # the status patch to write, the uid of a stale one to delete.
     workload_create: dict[str, Any] | None = None
+    workload_delete: str | None = None
     workload_active: bool | None = None
     workload_status: dict[str, Any] | None = None
 

@@ -76,6 +76,26 @@ def workload(
     }
 
 
+def shape(wl: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What Kueue admits a Workload by: its queue, priority, pod count, each container's
+    requests and the topology request. A queued Workload whose shape no longer matches the
+    job's spec is replaced (Kueue's jobframework does the same for its kinds)."""
+    spec = wl.get("spec", {})
+    pod_sets = [
+        (
+            p.get("count"),
+            [
+                c.get("resources", {}).get("requests", {})
+                for c in p.get("template", {}).get("spec", {}).get("containers", [])
+            ],
+            p.get("topologyRequest"),
+        )
+        for p in spec.get("podSets", [])
+    ]
+    priority_class = spec.get("priorityClassRef", {}).get("name")
+    return spec.get("queueName"), priority_class, spec.get("priority"), pod_sets
+
+
 @dataclass(frozen=True)
 class Placement:
     """What an admission adds to one worker pod."""
