@@ -84,12 +84,12 @@ namespaces and CRDs off, and records its own Events instead of kopf's.
   verbs: [get, create]
 {{- if .Values.kueue.enabled }}
 # Gang policy Kueue (kueue.enabled): the job's Workload. Watched by label (list, watch); read
-# fresh before the gang starts (get); created once (create); spec.active follows spec.suspend
-# (patch); Finished, and the quota handed back after an eviction (status patch), as Kueue's
-# own job integrations do.
+# fresh before the gang starts (get); created (create); spec.active follows spec.suspend
+# (patch); replaced while queued when the job is edited (delete); Finished, and the quota
+# handed back after an eviction (status patch), as Kueue's own job integrations do.
 - apiGroups: [kueue.x-k8s.io]
   resources: [workloads]
-  verbs: [get, list, watch, create, patch]
+  verbs: [get, list, watch, create, patch, delete]
 - apiGroups: [kueue.x-k8s.io]
   resources: [workloads/status]
   verbs: [patch]
