@@ -11,7 +11,7 @@ API server (VisibilityOnDemand) is off: it would listen on every interface.
 Without Kueue's internal certificate management (which waits for webhook configurations it can
 inject a CA into) the manager reads its metrics certificate from the fixed path
 /etc/kueue/metrics/certs; it runs in a private mount namespace whose /etc is an overlay with
-that folder, so the host's /etc is never written.
+that folder, so the host's /etc is never written (this needs root, as the real node does).
 """
 
 from __future__ import annotations
