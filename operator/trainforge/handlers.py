@@ -108,6 +108,13 @@ async def trainingjob_pod_changed(
     )
 
 
+def watch_kueue_workloads() -> None:
+    """`run --kueue`: an admission or eviction is a change of a job's Workload."""
+    kopf.on.event(
+        "kueue.x-k8s.io", "v1beta2", "workloads", labels=WORKER_LABELS, id="trainingjob-workloads"
+    )(trainingjob_pod_changed)
+
+
 # --- InferenceServices --------------------------------------------------------------------
 
 INFERENCE_LABELS = {
@@ -272,6 +279,7 @@ async def start(
         ],
         settings=config.render,
         live=memo.progress_store.get,
+        kueue=config.kueue,
     )
 
     async def reconcile(key: Any) -> float | None:

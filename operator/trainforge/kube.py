@@ -31,6 +31,9 @@ RESOURCES: dict[str, tuple[str, bool]] = {
     "HorizontalPodAutoscaler": ("horizontalpodautoscalers", True),
     "PodDisruptionBudget": ("poddisruptionbudgets", True),
     "PodGroup": ("podgroups", True),
+    "Workload": ("workloads", True),
+    "ResourceFlavor": ("resourceflavors", False),
+    "PriorityClass": ("priorityclasses", False),
     "NetworkAttachmentDefinition": ("network-attachment-definitions", True),
     "TrainingJob": ("trainingjobs", True),
     "InferenceService": ("inferenceservices", True),
@@ -78,6 +81,7 @@ class Api(Protocol):
     def get(self, ref: Ref) -> dict[str, Any] | None: ...
     def delete(self, ref: Ref, uid: str | None = None) -> bool: ...
     def patch_status(self, ref: Ref, status: dict[str, Any]) -> dict[str, Any]: ...
+    def patch(self, ref: Ref, body: dict[str, Any]) -> dict[str, Any]: ...
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]: ...
     def exists(self, ref: Ref) -> bool | None: ...
     def emit_event(
@@ -207,6 +211,17 @@ def patch_status(ref: Ref, status: dict[str, Any]) -> dict[str, Any]:
         "PATCH",
         path(ref.api_version, ref.kind, ref.namespace, ref.name, "status"),
         {"status": status},
+        content_type="application/merge-patch+json",
+    )
+
+
+def patch(ref: Ref, body: dict[str, Any]) -> dict[str, Any]:
+    """Merge-patch fields of the object that other controllers share (a Kueue Workload's
+    spec.active), leaving the rest as they are; returns the updated object."""
+    return request(
+        "PATCH",
+        path(ref.api_version, ref.kind, ref.namespace, ref.name),
+        body,
         content_type="application/merge-patch+json",
     )
 

@@ -123,6 +123,37 @@ def test_live_progress_endpoint_service_and_grant_only_when_enabled(
     ]
 
 
+def test_kueue_integration_flag_and_grants_only_when_enabled(helm: Path, tmp_path: Path) -> None:
+    off = render(helm, MODES["release-namespace"], tmp_path, namespace="ml")
+    assert "--kueue" not in operator_args(off)
+    assert not [p for r in find(off, "Role") for p in granted(r["rules"]) if "kueue" in str(p)]
+    on = render(
+        helm, {**MODES["release-namespace"], "kueue": {"enabled": True}}, tmp_path, namespace="ml"
+    )
+    assert "--kueue" in operator_args(on)
+    [role] = [r for r in find(on, "Role") if "kueue.x-k8s.io" in json.dumps(r["rules"])]
+    assert {str(p) for p in granted(role["rules"]) if "kueue" in str(p)} >= {
+        str(p)
+        for p in granted(
+            [
+                {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"], "verbs": ["create"]},
+                {
+                    "apiGroups": ["kueue.x-k8s.io"],
+                    "resources": ["workloads/status"],
+                    "verbs": ["patch"],
+                },
+            ]
+        )
+    }
+    [cluster_role] = [
+        c for c in find(on, "ClusterRole") if c["metadata"]["name"].endswith("-kueue-ml")
+    ]
+    assert {(r["resources"][0], tuple(r["verbs"])) for r in cluster_role["rules"]} == {
+        ("resourceflavors", ("get",)),
+        ("priorityclasses", ("get",)),
+    }
+
+
 def test_every_mode_grants_the_same_operator_permissions(helm: Path, tmp_path: Path) -> None:
     """RBAC comes from one list (templates/_permissions.tpl) whatever the mode."""
     cluster_rules = find(render(helm, {}, tmp_path), "ClusterRole")[0]["rules"]

@@ -81,6 +81,15 @@ class FakeApi:
         found["status"] = {k: v for k, v in merged.items() if v is not None}
         return copy.deepcopy(found)
 
+    def patch(self, ref: kube.Ref, body: dict[str, Any]) -> dict[str, Any]:
+        self._call("patch", ref.kind, ref.name)
+        found = self.objects.get((ref.kind, ref.namespace, ref.name))
+        if found is None:
+            raise kube.KubeError(404, "NotFound", f"{ref.kind} {ref.name} not found")
+        for key, value in body.items():
+            found[key] = {**found.get(key, {}), **value}
+        return copy.deepcopy(found)
+
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
         meta = manifest["metadata"]
         self._call("apply", manifest["kind"], meta["name"])

@@ -89,6 +89,18 @@ namespaces and CRDs off, and records its own Events instead of kopf's.
 - apiGroups: [trainforge.io]
   resources: [trainingruntimes]
   verbs: [get]
+{{- if .Values.kueue.enabled }}
+# Gang policy Kueue (kueue.enabled): the job's Workload. Watched by label (list, watch); read
+# fresh before the gang starts (get); created (create); spec.active follows spec.suspend
+# (patch); replaced while queued when the job is edited (delete); Finished, and the quota
+# handed back after an eviction (status patch), as Kueue's own job integrations do.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads/status]
+  verbs: [patch]
+{{- end }}
 # Existence check of spec.network.rdma.networks (Multus NetworkAttachmentDefinitions): a
 # missing one becomes a Stalled condition instead of pods stuck in ContainerCreating.
 - apiGroups: [k8s.cni.cncf.io]
@@ -118,6 +130,20 @@ of a POST, so create covers any Lease in the release namespace. */}}
 - apiGroups: [coordination.k8s.io]
   resources: [leases]
   verbs: [create]
+{{- end -}}
+
+
+{{/* Gang policy Kueue (kueue.enabled): the admission names ResourceFlavors, whose node labels
+and tolerations the workers get, and a job's PriorityClass value becomes its Workload's
+priority. Both kinds are cluster-scoped, so this is a ClusterRole whatever the watch scope;
+get is the only verb. */}}
+{{- define "trainforge.kueueRules" -}}
+- apiGroups: [kueue.x-k8s.io]
+  resources: [resourceflavors]
+  verbs: [get]
+- apiGroups: [scheduling.k8s.io]
+  resources: [priorityclasses]
+  verbs: [get]
 {{- end -}}
 
 

@@ -442,7 +442,9 @@ class Gang(ApiModel):
     policy: GangPolicy = "None"
     """None: plain pods. Volcano: a Volcano PodGroup and schedulerName volcano. Coscheduling:
     a scheduler-plugins PodGroup (set schedulerName to your coscheduling scheduler). Kueue:
-    a Kueue pod group admitted through scheduling.queueName."""
+    the job is queued as one Kueue Workload in the LocalQueue scheduling.queueName; no worker
+    exists until Kueue admits it, and a preempted job is stopped gracefully (SIGTERM,
+    checkpoint) and waits for admission again without counting a restart."""
     schedule_timeout_seconds: int | None = Field(default=None, ge=1, le=86_400)
     """Coscheduling: how long the gang may wait for all workers to fit."""
 
@@ -454,6 +456,23 @@ class Gang(ApiModel):
                 f"(policy is {self.policy}); remove it"
             )
         return self
+
+
+TopologyMode = Literal["Required", "Preferred"]
+
+
+class Topology(ApiModel):
+    """Keep the whole gang inside one network domain (a rack, a block): the domain is the
+    value of a node label, so workers talk over the fewest switch hops."""
+
+    key: LabelKey
+    """Node label whose value names the domain, e.g. topology.kubernetes.io/rack or
+    cloud.provider.com/topology-block."""
+    mode: TopologyMode = "Required"
+    """Required: every worker in one domain, or the gang stays Pending (the scheduler's
+    reason is in status). Preferred: one domain when there is room, else spread over
+    several. With gang policy Kueue this is the Workload's topology request
+    (Topology-Aware Scheduling); otherwise pod affinity on the key."""
 
 
 class Scheduling(ApiModel):
@@ -503,6 +522,8 @@ class Scheduling(ApiModel):
     """Queue the gang is admitted through: the Volcano queue or the Kueue LocalQueue."""
     gang: Gang = Field(default_factory=Gang)
     """Gang scheduling policy."""
+    topology: Topology | None = None
+    """Place the gang inside one topology domain (rack, block) by a node label."""
 
     @model_validator(mode="after")
     def _gang_settings_agree(self) -> Scheduling:

@@ -28,6 +28,7 @@ from trainforge.reconcile import core
 from trainforge.reconcile.children import Problem, write_child
 from trainforge.reconcile.common import parse_time
 from trainforge.reconcile.core import Key
+from trainforge.reconcile.kueue import KueueView
 from trainforge.reconcile.runtime import RuntimeSource
 from trainforge.reconcile.trainingjob import (
     TERMINAL,
@@ -38,6 +39,12 @@ from trainforge.reconcile.trainingjob import (
     plan,
 )
 from trainforge.render.common import RenderSettings
+from trainforge.render.kueue import (
+    PRIORITY_CLASS_API_VERSION,
+    RESOURCE_FLAVOR_API_VERSION,
+    WORKLOAD_API_VERSION,
+    kueue_managed,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +64,13 @@ class ChildRecord:
 
 
 ChildrenLookup = Callable[[Key], list[ChildRecord]]
+
+
+def _controlled_by(obj: Mapping[str, Any], uid: str) -> bool:
+    return any(
+        o.get("uid") == uid and o.get("controller")
+        for o in obj.get("metadata", {}).get("ownerReferences", [])
+    )
 
 
 def child_record(obj: Mapping[str, Any]) -> ChildRecord:
@@ -99,7 +113,9 @@ class TrainingJobRunner(core.Runner[Memory, TrainingJobSpec]):
         settings: RenderSettings,
         api: kube.Api = kube,
         live: Callable[[str], Report | None] = lambda uid: None,
+        kueue: bool = False,
     ) -> None:
+        self._kueue = kueue  # run --kueue: gang policy Kueue goes through Workloads
         super().__init__(jobs, Memory, parse_spec, metrics.TRAININGJOBS, api)
         self._live = live  # live progress hook: the newest pushed report of a job uid
         self._pods = pods
@@ -123,6 +139,7 @@ class TrainingJobRunner(core.Runner[Memory, TrainingJobSpec]):
             runtime=runtime,
             spec=spec,
             live=self._live(job["metadata"]["uid"]),
+            kueue=self._observe_kueue(job, spec),
         )
         result = plan(observed, self._settings)
         before = memory.rejected
@@ -172,6 +189,37 @@ class TrainingJobRunner(core.Runner[Memory, TrainingJobSpec]):
             if name in names:
                 del memory.created_pods[name]
         return seen + list(memory.created_pods.values())
+
+    def _observe_kueue(
+        self, job: dict[str, Any], spec: TrainingJobSpec | InvalidSpec
+    ) -> KueueView | None:
+        """Gang policy Kueue: the job's Workload (read fresh: its admission decides whether
+        workers may exist), the ResourceFlavors its admission names and the job's
+        PriorityClass value, which the Workload carries for Kueue's preemption."""
+        if not self._kueue or isinstance(spec, InvalidSpec) or not kueue_managed(spec):
+            return None
+        meta = job["metadata"]
+        ref = kube.Ref(WORKLOAD_API_VERSION, "Workload", meta["namespace"], meta["name"])
+        found = self.api.get(ref)
+        workload = found if found and _controlled_by(found, meta["uid"]) else None
+        admission = (workload or {}).get("status", {}).get("admission") or {}
+        names = {
+            name
+            for assignment in admission.get("podSetAssignments", [])
+            for name in assignment.get("flavors", {}).values()
+        }
+        flavors = {}
+        for name in sorted(names):
+            flavor = self.api.get(kube.Ref(RESOURCE_FLAVOR_API_VERSION, "ResourceFlavor", "", name))
+            flavors[name] = (flavor or {}).get("spec", {})
+        priority = None
+        pclass_name = spec.scheduling.priority_class_name
+        if workload is None and pclass_name is not None:
+            pclass = self.api.get(
+                kube.Ref(PRIORITY_CLASS_API_VERSION, "PriorityClass", "", pclass_name)
+            )
+            priority = int(pclass["value"]) if pclass else None
+        return KueueView(workload, flavors, priority)
 
     def _children_present(self, job: dict[str, Any], memory: Memory) -> frozenset[str]:
         meta = job["metadata"]
@@ -278,6 +326,7 @@ class TrainingJobRunner(core.Runner[Memory, TrainingJobSpec]):
                 memory.created_pods[view.name] = view
             else:
                 memory.created_kinds.add(kind)
+        self._apply_workload(job, result)
         if not status_first:
             self._write_status(job, old_status, result, memory)
         for type_, reason, message in result.events:
@@ -289,6 +338,18 @@ class TrainingJobRunner(core.Runner[Memory, TrainingJobSpec]):
                 meta["name"],
             )
             self.api.delete(self.ref(job), uid=meta["uid"])
+
+    def _apply_workload(self, job: dict[str, Any], result: Plan) -> None:
+        meta = job["metadata"]
+        ref = kube.Ref(WORKLOAD_API_VERSION, "Workload", meta["namespace"], meta["name"])
+        if result.workload_create is not None:
+            self.api.create(result.workload_create)
+        if result.workload_delete is not None:
+            self.api.delete(ref, uid=result.workload_delete or None)
+        if result.workload_active is not None:
+            self.api.patch(ref, {"spec": {"active": result.workload_active}})
+        if result.workload_status is not None:
+            self.api.patch_status(ref, result.workload_status)
 
     def _write_status(
         self, job: dict[str, Any], old_status: dict[str, Any], result: Plan, memory: Memory

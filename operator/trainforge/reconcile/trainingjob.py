@@ -25,6 +25,7 @@ from trainforge.api import InvalidSpec, TrainingJobSpec
 from trainforge.api.common import ApiModel
 from trainforge.api.trainingjob import CheckpointStatus, Progress
 from trainforge.reconcile import common
+from trainforge.reconcile.kueue import KueueView
 from trainforge.reconcile.pods import cannot_start
 from trainforge.reconcile.rdma import NETWORK_STATUS_ANNOTATION, Attachments, parse_network_status
 from trainforge.reconcile.runtime import RuntimeSource, effective_spec
@@ -178,6 +179,8 @@ class Observed:
     spec: TrainingJobSpec | InvalidSpec | None = None
     # The newest pushed live report (restart attempt, sanitised record): progress/store.py.
     live: tuple[int, dict[str, Any]] | None = None
+    # Gang policy Kueue: the job's Workload and what its admission refers to; None otherwise.
+    kueue: KueueView | None = None
 
 
 @dataclass
@@ -187,6 +190,12 @@ class Plan(common.Plan):
     delete_job: bool = False
     counted_restart: bool = False
     became_running: bool = False
+    # Gang policy Kueue (reconcile/kueue.py): the Workload to create, the spec.active to set,
+    # the status patch to write, the uid of a stale one to delete.
+    workload_create: dict[str, Any] | None = None
+    workload_delete: str | None = None
+    workload_active: bool | None = None
+    workload_status: dict[str, Any] | None = None
 
 
 def parse_spec(job: Mapping[str, Any], runtime: RuntimeSource | None) -> TrainingJobSpec:
