@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -147,6 +148,14 @@ class Watcher:
                     self.job_running.setdefault(name, time.monotonic())
         finally:
             w.stop()
+
+
+def serves(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5):
+            return True
+    except OSError:
+        return False
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -417,7 +426,14 @@ def main() -> int:
         api = kubernetes.config.new_client_from_config(str(kubeconfig))
         watcher = Watcher(api)
         watcher.start()
-        time.sleep(3)  # operator and watches connected
+        # Started (imports done, metrics served from its startup handler), watches connected:
+        # the scenarios measure the operator's work, not its start.
+        wait_for(
+            lambda: serves(f"http://127.0.0.1:{operator.metrics_port}/metrics"),
+            "the operator's metrics endpoint",
+            timeout=120,
+        )
+        time.sleep(3)
 
         results: dict[str, Any] = {}
         if args.jobs:

@@ -92,12 +92,22 @@ async def trainingjob_claims(
 
 @kopf.on.event(contract.GROUP, contract.VERSION, "trainingjobs")
 async def trainingjob_changed(
-    type: str, namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any
+    type: str,
+    namespace: str,
+    name: str,
+    uid: str,
+    memo: kopf.Memo,
+    inferenceservices_by_job: kopf.Index[Key, str],
+    **_: Any,
 ) -> None:
     if type == "DELETED":
         memo.trainingjob_runner.forget(uid)
         memo.progress_store.forget(uid)
     memo.trainingjob_queue.add((namespace, name))
+    # A job's status.checkpoint (or its existence) decides what its InferenceServices serve.
+    # One handler for both kinds: kopf's cost is per handler per event.
+    for service in inferenceservices_by_job.get((namespace, name), []):
+        memo.inference_queue.add((namespace, service))
 
 
 @kopf.on.event("", "v1", "services", labels=WORKER_LABELS, id="trainingjob-services-changed")
@@ -220,19 +230,6 @@ for _group, _version, _plural in INFERENCE_CHILDREN:
         namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any
     ) -> None:
         memo.inference_queue.add((namespace, labels[contract.LABEL_INFERENCE_SERVICE]))
-
-
-@kopf.on.event(contract.GROUP, contract.VERSION, "trainingjobs")
-async def trainingjob_changed_for_inference(
-    namespace: str,
-    name: str,
-    memo: kopf.Memo,
-    inferenceservices_by_job: kopf.Index[Key, str],
-    **_: Any,
-) -> None:
-    """A job's status.checkpoint (or its existence) decides what its InferenceServices serve."""
-    for service in inferenceservices_by_job.get((namespace, name), []):
-        memo.inference_queue.add((namespace, service))
 
 
 @kopf.on.startup()
