@@ -96,6 +96,7 @@ async def trainingjob_changed(
     namespace: str,
     name: str,
     uid: str,
+    meta: kopf.Meta,
     memo: kopf.Memo,
     inferenceservices_by_job: kopf.Index[Key, str],
     **_: Any,
@@ -103,7 +104,8 @@ async def trainingjob_changed(
     if type == "DELETED":
         memo.trainingjob_runner.forget(uid)
         memo.progress_store.forget(uid)
-    memo.trainingjob_queue.add((namespace, name))
+    if not memo.trainingjob_runner.own_write(uid, meta.get("resourceVersion")):
+        memo.trainingjob_queue.add((namespace, name))
     # A job's status.checkpoint (or its existence) decides what its InferenceServices serve.
     # One handler for both kinds: kopf's cost is per handler per event.
     for service in inferenceservices_by_job.get((namespace, name), []):
@@ -215,12 +217,13 @@ async def inference_pod_changed(
 
 @kopf.on.event(contract.GROUP, contract.VERSION, "inferenceservices")
 async def inferenceservice_changed(
-    type: str, namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any
+    type: str, namespace: str, name: str, uid: str, meta: kopf.Meta, memo: kopf.Memo, **_: Any
 ) -> None:
     if type == "DELETED":
         memo.inference_runner.forget(uid)
         memo.progress_store.forget(uid)
-    memo.inference_queue.add((namespace, name))
+    if not memo.inference_runner.own_write(uid, meta.get("resourceVersion")):
+        memo.inference_queue.add((namespace, name))
 
 
 for _group, _version, _plural in INFERENCE_CHILDREN:

@@ -128,6 +128,20 @@ def test_a_part_started_gang_shows_its_worker_counts_once_the_interval_passed(
     assert running["message"] == "1/2 workers running"
 
 
+def test_the_watch_event_of_our_own_status_write_is_told_from_anyone_elses() -> None:
+    world = JobWorld(FakeApi())
+    world.runner.reconcile(KEY)
+    stored = world.api.objects[("TrainingJob", *KEY)]
+    uid, written = stored["metadata"]["uid"], stored["metadata"]["resourceVersion"]
+    # Its event needs no reconcile: the runner holds that status already.
+    assert world.runner.own_write(uid, written)
+    # A later version (the user changed the spec, someone labelled it) does.
+    assert not world.runner.own_write(uid, written + "1")
+    assert not world.runner.own_write(uid, None)
+    world.runner.forget(uid)
+    assert not world.runner.own_write(uid, written)
+
+
 def test_a_refused_pod_is_a_stalled_condition_an_event_and_a_backoff() -> None:
     api = FakeApi()
     world = JobWorld(api)
