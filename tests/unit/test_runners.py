@@ -296,32 +296,3 @@ def test_the_spec_is_parsed_once_per_generation(monkeypatch: pytest.MonkeyPatch)
     world.runner.reconcile(KEY)
     assert parsed == [1, 2]
     assert world.status()["workers"]["total"] == 3
-
-
-def test_the_children_are_rendered_once_per_generation_and_attempt(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from trainforge.reconcile.trainingjob_policies import context as context_module
-
-    rendered: list[tuple[int, int]] = []
-    real = context_module.desired_children
-
-    def counting(ref: Any, spec: Any, attempt: int, settings: Any) -> Any:
-        rendered.append((spec.workers, attempt))
-        return real(ref, spec, attempt, settings)
-
-    monkeypatch.setattr(context_module, "desired_children", counting)
-    api = FakeApi()
-    world = JobWorld(api)
-    for _ in range(3):
-        world.runner.reconcile(KEY)
-    assert rendered == [(2, 0)]
-    stored = api.objects[("TrainingJob", *KEY)]
-    stored["spec"]["workers"] = 3  # a new generation renders again
-    stored["metadata"]["generation"] = 2
-    world.runner.reconcile(KEY)  # the pod template changed: the gang restarts (attempt 1)
-    assert rendered == [(2, 0), (3, 0)]
-    for _ in range(3):
-        world.runner.reconcile(KEY)
-    assert rendered == [(2, 0), (3, 0), (3, 1)]
-    assert world.status()["restartAttempt"] == 1

@@ -43,7 +43,6 @@ from trainforge.reconcile.trainingjob import (
     plan,
 )
 from trainforge.render.common import RenderSettings
-from trainforge.render.trainingjob import DesiredChildren
 
 logger = logging.getLogger(__name__)
 
@@ -83,8 +82,6 @@ class Memory(core.Memory):
     rejected: list[Problem] = field(default_factory=list)
     # time.monotonic() of the last status write (the progress write rate-limit).
     last_write: float | None = None
-    # The children rendered for (generation, attempt): Observed.rendered.
-    rendered: dict[tuple[int, int], DesiredChildren] = field(default_factory=dict)
 
 
 # What to change when the API server refuses a child of this kind.
@@ -129,7 +126,6 @@ class TrainingJobRunner(core.Runner[Memory, TrainingJobSpec]):
             rejected=memory.rejected,
             spec=spec,
             live=self._live(job["metadata"]["uid"]),
-            rendered=memory.rendered,
         )
         result = plan(observed, self._settings)
         before = memory.rejected

@@ -40,7 +40,6 @@ from trainforge.reconcile.trainingjob_policies.context import (
     TERMINAL as TERMINAL,
 )
 from trainforge.render.common import RenderSettings
-from trainforge.render.trainingjob import DesiredChildren
 
 OTHER_CHILD_KINDS = frozenset({"Service", "PersistentVolumeClaim", "PodGroup"})
 
@@ -175,9 +174,6 @@ class Observed:
     spec: TrainingJobSpec | InvalidSpec | None = None
     # The newest pushed live report (restart attempt, sanitised record): progress/store.py.
     live: tuple[int, dict[str, Any]] | None = None
-    # The runner's memo of this job's rendered children, by (generation, restart attempt):
-    # rendering is pure and was the plan's largest cost, paid on every reconcile. None: none.
-    rendered: dict[tuple[int, int], DesiredChildren] | None = None
 
 
 @dataclass

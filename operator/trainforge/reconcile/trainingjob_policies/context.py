@@ -74,20 +74,10 @@ class Context:
 
     @cached_property
     def children(self) -> DesiredChildren:
-        """Every child the job should have at this attempt, rendered once per generation and
-        attempt: the render reads only the spec (which changes only with the generation), the
-        attempt, the job's identity and the settings (fixed for the runner's lifetime)."""
-        key = (self.generation, self.attempt)
-        memo = self.obs.rendered
-        if memo is not None and key in memo:
-            return memo[key]
-        children = desired_children(
+        """Every child the job should have at this attempt, rendered once."""
+        return desired_children(
             JobRef.from_object(self.job), self.spec, self.attempt, self.settings
         )
-        if memo is not None:
-            memo.clear()  # only the current generation and attempt are ever asked for again
-            memo[key] = children
-        return children
 
     def finish(self, phase: str, conditions: list[Cond]) -> Plan:
         old_conditions = self.old.get("conditions", [])
