@@ -35,6 +35,9 @@ class Memory:
     adds its own create expectations."""
 
     written_status: dict[str, Any] | None = None
+    # metadata.resourceVersion of the object our last status write returned: a watch event
+    # carrying exactly that version is our own write, with nothing new to reconcile.
+    written_version: str | None = None
     # ((metadata.generation, the kind's other inputs), the spec parsed from them, or why it is
     # invalid): a spec changes only with them, so it is validated once per change, not on every
     # reconcile.
@@ -121,6 +124,18 @@ class Runner(Generic[M, S]):
             patch = {**{k: None for k in old_status if k not in status}, **status}
             updated = self.api.patch_status(self.ref(obj), patch)
             memory.written_status = updated.get("status", status)
+            memory.written_version = updated.get("metadata", {}).get("resourceVersion")
+
+    def own_write(self, uid: str, resource_version: str | None) -> bool:
+        """Whether a watched version of the object is the one our last status write made (its
+        event needs no reconcile: this runner already holds that status)."""
+        with self._lock:
+            memory = self._memory.get(uid)
+        return (
+            memory is not None
+            and resource_version is not None
+            and memory.written_version == resource_version
+        )
 
     def forget_all(self) -> None:
         """Leadership changed hands: another replica may have written since our memories."""

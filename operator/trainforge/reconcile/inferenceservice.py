@@ -306,7 +306,7 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
         ready = Cond(READY, False, "ModelNotLoaded", resolution.message)
         return finish(_kstatus(ready, loaded, stalled))
 
-    ref = InferenceRef(name=name, namespace=namespace, uid=meta["uid"])
+    ref = InferenceRef.from_object(obs.service)
     desired = desired_children(ref, spec, resolution.mount, settings)
     for kind, manifest in desired.by_kind().items():
         have = children.get(kind)

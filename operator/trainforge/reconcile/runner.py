@@ -22,7 +22,13 @@ from typing import Any, ClassVar
 
 from trainforge import contract, kube, metrics, workqueue
 from trainforge.api import InvalidSpec, TrainingJobSpec, runtime as runtime_api
-from trainforge.progress.policy import WRITE_INTERVAL_SECONDS, next_write_delay, progress_only
+from trainforge.progress.policy import (
+    COUNTS_WRITE_INTERVAL_SECONDS,
+    WRITE_INTERVAL_SECONDS,
+    counts_only,
+    next_write_delay,
+    progress_only,
+)
 from trainforge.progress.store import Report
 from trainforge.reconcile import core
 from trainforge.reconcile.children import Problem, write_child
@@ -355,10 +361,18 @@ class TrainingJobRunner(core.Runner[Memory, TrainingJobSpec]):
         self, job: dict[str, Any], old_status: dict[str, Any], result: Plan, memory: Memory
     ) -> None:
         """The core's status write, except that a change of live progress alone waits for the
-        per-job write interval (progress/policy.py)."""
+        per-job write interval, and a change of worker counts alone for a shorter one
+        (progress/policy.py): a starting gang is written Pending, then Running."""
         if result.status == old_status:
             return
-        if progress_only(old_status, result.status):
+        if counts_only(old_status, result.status):
+            wait = next_write_delay(
+                memory.last_write, time.monotonic(), COUNTS_WRITE_INTERVAL_SECONDS
+            )
+            if wait > 0:
+                result.requeue_after = min(wait, result.requeue_after or wait)
+                return
+        elif progress_only(old_status, result.status):
             wait = next_write_delay(memory.last_write, time.monotonic(), WRITE_INTERVAL_SECONDS)
             if wait > 0:
                 metrics.PROGRESS_STATUS_WRITES.labels("postponed").inc()

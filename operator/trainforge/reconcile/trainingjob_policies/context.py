@@ -82,8 +82,9 @@ class Context:
     @cached_property
     def children(self) -> DesiredChildren:
         """Every child the job should have at this attempt, rendered once."""
-        ref = JobRef(name=self.meta["name"], namespace=self.meta["namespace"], uid=self.meta["uid"])
-        return desired_children(ref, self.spec, self.attempt, self.settings)
+        return desired_children(
+            JobRef.from_object(self.job), self.spec, self.attempt, self.settings
+        )
 
     def finish(self, phase: str, conditions: list[Cond]) -> Plan:
         old_conditions = self.old.get("conditions", [])
