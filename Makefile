@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # REAL_NODE=1: `make cluster-up` adds the real node (kubelet + containerd) instead of KWOK's nodes.
 REAL_NODE ?=
 
-.PHONY: help setup system-deps test lint fmt unit crds cluster-build node-build images cluster-up cluster-down cluster-status demo cluster-demo bench gpu-check
+.PHONY: help setup system-deps test lint fmt unit crds cluster-build kueue-build node-build images cluster-up cluster-down cluster-status demo cluster-demo bench gpu-check
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -43,7 +43,10 @@ system-deps: ## Debian packages the tests use (etcd, prometheus, containerd, bui
 cluster-build: ## build the control-plane binaries into the cache (once per version)
 	bash hack/cluster/build.sh
 
-node-build: system-deps ## build the real node's kubelet, CoreDNS and pause into the cache (once per version)
+kueue-build: ## build Kueue's manager and copy its CRDs into the cache (once per version; the gang policy Kueue tests)
+	bash hack/cluster/build-kueue.sh >/dev/null
+
+node-build: system-deps ## build the real node's kubelet, kube-proxy, CoreDNS and pause into the cache (once per version)
 	bash hack/cluster/build-node.sh >/dev/null
 
 # images.sh itself waits for build-node.sh (the pause image), so that under `make -j` the
@@ -78,5 +81,5 @@ bench: setup cluster-build ## run the benchmarks (never part of `make test`; see
 	$(PY) bench/serve_bench.py
 	$(PY) bench/llm_serve_bench.py
 
-test: setup system-deps cluster-build node-build images lint ## everything CI runs: lint, unit, trainer, cluster, helm and real-node tests
+test: setup system-deps cluster-build kueue-build node-build images lint ## everything CI runs: lint, unit, trainer, cluster, helm and real-node tests
 	$(BIN)/pytest -q -ra tests $(PYTEST_ARGS)

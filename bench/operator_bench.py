@@ -21,12 +21,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,7 @@ class Watcher:
 
     def __init__(self, api: kubernetes.client.ApiClient) -> None:
         self.job_added: dict[str, float] = {}
+        self.job_running: dict[str, float] = {}  # first seen with status.phase Running
         self.pod_added: dict[str, float] = {}
         self._api = api
         self._stop = threading.Event()
@@ -101,6 +104,18 @@ class Watcher:
         self._stop.set()
 
     def _watch(self, kind: str) -> None:
+        # A watch the API server ends or breaks (likely on a loaded machine) starts again; its
+        # first events re-list what exists, and only first sightings are kept.
+        while not self._stop.is_set():
+            try:
+                self._watch_once(kind)
+            except Exception as e:
+                if self._stop.is_set():  # the cluster going away at the end is expected
+                    return
+                print(f"watch of {kind} broke, restarting: {e!r}", file=sys.stderr)
+                time.sleep(1)
+
+    def _watch_once(self, kind: str) -> None:
         w = kubernetes.watch.Watch()
         if kind == "jobs":
             custom = kubernetes.client.CustomObjectsApi(self._api)
@@ -123,15 +138,24 @@ class Watcher:
             for event in stream:
                 if self._stop.is_set():
                     break
+                if event["type"] not in ("ADDED", "MODIFIED"):
+                    continue
+                obj = event["object"]
+                name = obj["metadata"]["name"] if isinstance(obj, dict) else obj.metadata.name
                 if event["type"] == "ADDED":
-                    obj = event["object"]
-                    name = obj["metadata"]["name"] if isinstance(obj, dict) else obj.metadata.name
                     seen.setdefault(name, time.monotonic())
-        except Exception:
-            if not self._stop.is_set():  # the cluster going away at the end is expected
-                raise
+                if kind == "jobs" and (obj.get("status") or {}).get("phase") == "Running":
+                    self.job_running.setdefault(name, time.monotonic())
         finally:
             w.stop()
+
+
+def serves(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5):
+            return True
+    except OSError:
+        return False
 
 
 def peak_rss_mb(pid: int) -> float:
@@ -218,12 +242,26 @@ def scenario(
     )
     all_pods = max(watcher.pod_added[p] for p in expected) - start
     cpu = {name: round(cpu_seconds(pid) - cpu_before[name], 1) for name, pid in pids.items()}
+    wait_for(
+        lambda: set(names) <= watcher.job_running.keys(),
+        "all jobs to be Running",
+        timeout=1800,
+        interval=0.5,
+    )
+    all_running = max(watcher.job_running[n] for n in names) - start
+    operator_cpu = cpu_seconds(operator_pid) - cpu_before["trainforge-operator"]
     latencies = sorted(
         max(watcher.pod_added[f"{n}-worker-{w}"] for w in range(workers)) - watcher.job_added[n]
         for n in names
     )
     time.sleep(5)  # let the audit log flush and the status writes settle
     writes = operator_writes(audit_lines(audit_log)[audit_before:])
+    status_writes = [
+        e
+        for e in writes
+        if e["objectRef"].get("resource") == "trainingjobs"
+        and e["objectRef"].get("subresource") == "status"
+    ]
     return {
         "jobs": jobs,
         "workers": workers,
@@ -236,6 +274,11 @@ def scenario(
             writes_until_workers_exist(writes, names), 2
         ),
         "operator_writes_per_job_including_status_updates": round(len(writes) / jobs, 2),
+        # The jobs stay Running on KWOK: every status write of the scenario is one until Running.
+        "status_writes_per_job_until_running": round(len(status_writes) / jobs, 2),
+        "seconds_until_all_jobs_running": round(all_running, 2),
+        "operator_cpu_seconds_until_all_running": round(operator_cpu, 1),
+        "operator_cpu_seconds_per_job_until_running": round(operator_cpu / jobs, 4),
         "cpu_seconds_until_all_pods_exist": cpu,
     }
 
@@ -345,7 +388,14 @@ def main() -> int:
     parser.add_argument("--progress-jobs", type=int, default=1000)
     parser.add_argument("--progress-seconds", type=float, default=120)
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "operator.json")
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        help="a py-spy binary: profile the operator during the --jobs scenario into "
+        "bench/out/operator-profile.txt (collapsed stacks; py-spy is not a dependency)",
+    )
     args = parser.parse_args()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
 
     state_dir = Path(tempfile.mkdtemp(prefix="trainforge-bench-cluster-"))
     cluster = [sys.executable, str(REPO / "hack/cluster/cluster.py")]
@@ -376,13 +426,43 @@ def main() -> int:
         api = kubernetes.config.new_client_from_config(str(kubeconfig))
         watcher = Watcher(api)
         watcher.start()
-        time.sleep(3)  # operator and watches connected
+        # Started (imports done, metrics served from its startup handler), watches connected:
+        # the scenarios measure the operator's work, not its start.
+        wait_for(
+            lambda: serves(f"http://127.0.0.1:{operator.metrics_port}/metrics"),
+            "the operator's metrics endpoint",
+            timeout=120,
+        )
+        time.sleep(3)
 
         results: dict[str, Any] = {}
         if args.jobs:
+            profiler = None
+            if args.py_spy:
+                profiler = subprocess.Popen(
+                    [
+                        str(args.py_spy),
+                        "record",
+                        "--nonblocking",
+                        "--threads",
+                        "--format",
+                        "raw",
+                        "--rate",
+                        "50",
+                        "--output",
+                        str(args.out.parent / "operator-profile.txt"),
+                        "--pid",
+                        str(operator.process.pid),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             results["load"] = scenario(
                 kubectl, watcher, operator.process.pid, state_dir, args.jobs, args.workers
             )
+            if profiler:
+                profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+                profiler.wait(timeout=60)
         if args.rss_jobs:
             kubectl("delete", "trainingjobs", "--all", "-n", NAMESPACE, "--wait=false")
             wait_for(
@@ -396,6 +476,7 @@ def main() -> int:
                 interval=2,
             )
             watcher.job_added.clear()
+            watcher.job_running.clear()
             watcher.pod_added.clear()
             results["rss"] = scenario(
                 kubectl, watcher, operator.process.pid, state_dir, args.rss_jobs, args.workers

@@ -255,13 +255,15 @@ def main() -> int:
         resumed = start_trainer(cfg, work / "stopped", work / "resumed.log")
         resumed.wait()
         final = f"step-{args.steps:08d}"
-        if resumed.returncode == 0 and (work / "stopped" / final).is_dir():
+        stop_step = next(
+            (e["step"] for e in events(work / "stopped.log") if e["event"] == "preempted"), None
+        )
+        if stop_step is None:
+            # The run ended before SIGTERM reached it: nothing was resumed, so nothing is shown.
+            results.append(("stop + resume", False, "finished before the stop; raise --steps"))
+        elif resumed.returncode == 0 and (work / "stopped" / final).is_dir():
             same, detail = same_checkpoints(
                 work / "straight" / final, work / "stopped" / final, work
-            )
-            stop_step = next(
-                (e["step"] for e in events(work / "stopped.log") if e["event"] == "preempted"),
-                None,
             )
             results.append((f"stop at step {stop_step} + resume", same, detail))
         else:

@@ -9,18 +9,13 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from kubetest import REPO, Cluster, Kubectl, make_kubectl, wait_for
-
-CLUSTER_SCRIPT = REPO / "hack" / "cluster" / "cluster.py"
+from kubetest import REPO, Cluster, Kubectl, control_plane, make_kubectl, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -29,21 +24,8 @@ def cluster() -> Iterator[Cluster]:
     if reused:
         yield Cluster(Path(reused), None)
         return
-    state_dir = Path(tempfile.mkdtemp(prefix="trainforge-test-cluster-"))
-    up = subprocess.run(
-        [sys.executable, str(CLUSTER_SCRIPT), "up", "--dir", str(state_dir)],
-        capture_output=True,
-        text=True,
-    )
-    if up.returncode != 0:
-        pytest.fail(f"the local control plane did not start:\n{up.stderr[-4000:]}")
-    try:
-        yield Cluster(state_dir / "kubeconfig", state_dir)
-    finally:
-        subprocess.run(
-            [sys.executable, str(CLUSTER_SCRIPT), "down", "--dir", str(state_dir)],
-            capture_output=True,
-        )
+    with control_plane() as started:
+        yield started
 
 
 @pytest.fixture(scope="session")

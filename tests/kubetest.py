@@ -6,12 +6,15 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+CLUSTER_SCRIPT = REPO / "hack" / "cluster" / "cluster.py"
 
 Kubectl = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -30,6 +33,27 @@ class Cluster:
             text=True,
         )
         return Path(out.stdout.strip().splitlines()[-1])
+
+
+@contextmanager
+def control_plane(prefix: str = "trainforge-test-cluster-") -> Iterator[Cluster]:
+    """A local control plane (hack/cluster/cluster.py) in a new state directory, stopped and
+    removed on exit."""
+    state_dir = Path(tempfile.mkdtemp(prefix=prefix))
+    up = subprocess.run(
+        [sys.executable, str(CLUSTER_SCRIPT), "up", "--dir", str(state_dir)],
+        capture_output=True,
+        text=True,
+    )
+    try:
+        if up.returncode != 0:
+            raise AssertionError(f"the local control plane did not start:\n{up.stderr[-4000:]}")
+        yield Cluster(state_dir / "kubeconfig", state_dir)
+    finally:
+        subprocess.run(
+            [sys.executable, str(CLUSTER_SCRIPT), "down", "--dir", str(state_dir)],
+            capture_output=True,
+        )
 
 
 def make_kubectl(kubeconfig: Path) -> Kubectl:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds what the real node needs beyond Debian's packages into a versioned cache outside the
-# repo: the kubelet (k8s.io/kubernetes at the control plane's version, same wrapper go.mod as
-# build.sh), CoreDNS (its Go module, only the plugins cluster DNS uses) and the sandbox
+# repo: the kubelet and kube-proxy (k8s.io/kubernetes at the control plane's version, same
+# wrapper go.mod as build.sh), CoreDNS (its Go module, only the plugins cluster DNS uses) and the sandbox
 # ("pause") binary from Kubernetes' own build/pause/linux/pause.c, linked statically.
 # Idempotent and atomic like build.sh; prints the bin directory.
 set -euo pipefail
@@ -10,14 +10,14 @@ here=$(cd "$(dirname "$0")" && pwd)
 source "$here/versions.env"
 
 cache_root=${TRAINFORGE_CACHE:-$HOME/.cache/trainforge}
-key="node_k8s-${K8S_VERSION}_coredns-${COREDNS_VERSION}"
+key="node_k8s-${K8S_VERSION}_coredns-${COREDNS_VERSION}_kube-proxy"
 dest="$cache_root/cluster/$key"
 mkdir -p "$cache_root/cluster"
 # One build at a time: `make -j` runs this both as node-build and from images.sh (the pause
 # image); the second caller waits here and then finds the cache.
 exec 9>"$cache_root/cluster/.build-node.lock"
 flock 9
-if [[ -x "$dest/bin/kubelet" ]]; then
+if [[ -x "$dest/bin/kubelet" && -x "$dest/bin/kube-proxy" ]]; then
   echo "$dest/bin"
   exit 0
 fi
@@ -50,7 +50,10 @@ cat > tools.go <<'GO'
 
 package tools
 
-import _ "k8s.io/kubernetes/cmd/kubelet"
+import (
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+)
 GO
 GOFLAGS=-mod=mod go mod tidy >&2
 ver=${K8S_VERSION#v}
@@ -60,8 +63,10 @@ for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
   ldflags+=" -X $pkg.gitMinor=$(echo "$ver" | cut -d. -f2) -X $pkg.gitTreeState=clean"
   ldflags+=" -X $pkg.buildDate=1970-01-01T00:00:00Z"
 done
-log "building kubelet"
-CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$work/bin/kubelet" k8s.io/kubernetes/cmd/kubelet
+for cmd in kubelet kube-proxy; do
+  log "building $cmd"
+  CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$work/bin/$cmd" "k8s.io/kubernetes/cmd/$cmd"
+done
 
 log "building pause"
 gcc -Os -Wall -Werror -static -DVERSION="trainforge-$K8S_VERSION" \

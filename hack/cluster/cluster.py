@@ -158,6 +158,8 @@ def make_pki(pki: Path, real_node: bool) -> None:
             "/O=system:masters/CN=kube-apiserver-kubelet-client",
             "extendedKeyUsage=clientAuth",
         )
+        # kube-proxy's identity: the default RBAC binds system:node-proxier to this user.
+        certs["kube-proxy"] = ("/CN=system:kube-proxy", "extendedKeyUsage=clientAuth")
     for name, (subject, extensions) in certs.items():
         key, csr, crt = (pki / f"{name}.{ext}" for ext in ("key", "csr", "crt"))
         openssl(
@@ -413,7 +415,8 @@ def up(state: State, real_node: bool = False) -> None:
     )
     wait_until("kube-apiserver /readyz", lambda: https_ok(f"{server}/readyz", pki), 90, state)
 
-    for user in ("admin", "controller-manager", "scheduler", "kwok", *(["kubelet"] * real_node)):
+    node_users = ["kubelet", "kube-proxy"] if real_node else []
+    for user in ("admin", "controller-manager", "scheduler", "kwok", *node_users):
         write_kubeconfig(state.dir / f"{user}.kubeconfig", server, pki, user)
     shutil.copy(state.dir / "admin.kubeconfig", state.kubeconfig)
 

@@ -1,18 +1,24 @@
 """The real node of the local control plane: containerd + runc (Debian), the CNI plugins
-(ptp + host-local + loopback), the kubelet and CoreDNS (build-node.sh), so that pods made by
-the operator really run. Used by `cluster.py up --real-node`; `cluster.py down` calls `down`.
+(ptp + host-local + loopback), the kubelet, kube-proxy and CoreDNS (build-node.sh), so that
+pods made by the operator really run. Used by `cluster.py up --real-node`; `cluster.py down`
+calls `down`.
 
 Everything stays on this machine. Pods get addresses from POD_CIDR, routed only to the
 network namespaces containerd creates for them (ptp, no masquerade, no route off the host).
-Two addresses on the host's loopback device stand in for what kube-proxy would provide:
+kube-proxy (iptables mode) routes ClusterIP Services to their pods, e.g. rank 0's progress
+push to the operator's progress Service. Two addresses on the host's loopback device serve
+what kube-proxy cannot:
   10.96.0.1:443   the `kubernetes` Service (socat to the apiserver on 127.0.0.1), so pods
-                  such as the operator reach the API with their in-cluster config
-  10.96.0.10:53   cluster DNS (CoreDNS, kubernetes plugin), so workers resolve
-                  <pod>.<headless-service>.<ns>.svc.cluster.local
-Other Services are reached with `kubectl port-forward`.
+                  such as the operator reach the API with their in-cluster config. The
+                  apiserver listens on loopback only, and a DNAT from a pod to 127.0.0.1 is
+                  dropped as martian, so kube-proxy is told to leave this Service alone
+                  (PROXY_NAME_LABEL)
+  10.96.0.10:53   cluster DNS (CoreDNS, kubernetes plugin; not a Service), so workers resolve
+                  <pod>.<headless-service>.<ns>.svc.cluster.local and Service names
+The host and tests reach pods and Services with `kubectl port-forward`.
 
-The kubelet changes host state (sysctls, iptables chains, cgroups, bind mounts, network
-namespaces, /var/lib/kubelet/device-plugins). `up` records the state before it starts
+The kubelet and kube-proxy change host state (sysctls, iptables chains, cgroups, bind mounts,
+network namespaces, /var/lib/kubelet/device-plugins). `up` records the state before it starts
 anything and `down` puts it back, so only one real node may run per machine at a time
 (LOCK names the state directory that owns it).
 
@@ -42,12 +48,22 @@ CNI_BIN = Path("/usr/lib/cni")
 KUBELET_FIXED_DIR = Path("/var/lib/kubelet")  # device-plugins/ is a fixed path
 NETNS_DIR = Path("/var/run/netns")
 SHIM_DIR = Path("/run/containerd")  # containerd 1.6 puts shim sockets in /run/containerd/s
-SYSCTLS = ("vm/overcommit_memory", "kernel/panic", "kernel/panic_on_oops", "net/ipv4/ip_forward")
+SYSCTLS = (
+    "vm/overcommit_memory",
+    "kernel/panic",
+    "kernel/panic_on_oops",
+    "net/ipv4/ip_forward",
+    # kube-proxy sets it for NodePorts on 127.0.0.1, which KUBE_PROXY_CONFIG turns off; kept
+    # here so that a change of that setting cannot leave it behind.
+    "net/ipv4/conf/all/route_localnet",
+)
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 # Advertised through the node's status so the GPU and RDMA examples are admitted; the pods
 # run on CPU (the trainer falls back when CUDA is absent).
 EXTENDED_RESOURCES = {"nvidia.com/gpu": "8", "rdma/rdma_shared_device_a": "64"}
-PROCESSES = ("containerd", "coredns", "apiserver-proxy", "kubelet")
+PROCESSES = ("containerd", "coredns", "apiserver-proxy", "kube-proxy", "kubelet")
+# kube-proxy skips a Service with this label (any value): the one it names serves it instead.
+PROXY_NAME_LABEL = "service.kubernetes.io/service-proxy-name"
 CACHE = Path(os.environ.get("TRAINFORGE_CACHE", Path.home() / ".cache" / "trainforge"))
 CONTAINERD_ROOT = CACHE / "node" / "containerd"  # images survive a down/up
 
@@ -263,6 +279,35 @@ def kubelet_config(node_dir: Path, pki: Path, socket: Path, port: int, healthz: 
     }
 
 
+def kube_proxy_config(kubeconfig: Path, healthz: int, metrics: int) -> dict:
+    return {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": str(kubeconfig)},
+        "hostnameOverride": NODE_NAME,
+        # iptables: the only backend whose tool is installed here (Debian's iptables, on the
+        # kernel's nf_tables); nftables mode needs the `nft` binary. `down` restores iptables.
+        "mode": "iptables",
+        # Traffic from outside the pod network to a ClusterIP is masqueraded, pod to pod is not.
+        "clusterCIDR": POD_CIDR,
+        "bindAddress": "127.0.0.1",
+        "healthzBindAddress": f"127.0.0.1:{healthz}",
+        "metricsBindAddress": f"127.0.0.1:{metrics}",
+        # No NodePorts: on the host's addresses they would be reachable from off the machine,
+        # and on 127.0.0.1 they need route_localnet (kube-proxy logs at each sync that it
+        # skips 127.0.0.1 for that reason: the intended outcome).
+        "nodePortAddresses": ["127.0.0.1/32"],
+        "iptables": {"localhostNodePorts": False},
+        # Leave the host's conntrack table size and timeouts as they are (0: do not set).
+        "conntrack": {
+            "maxPerCore": 0,
+            "min": 0,
+            "tcpEstablishedTimeout": "0s",
+            "tcpCloseWaitTimeout": "0s",
+        },
+    }
+
+
 def corefile(health: int, ready: int, kubeconfig: Path) -> str:
     return f""".:53 {{
     bind {DNS_SERVICE_IP}
@@ -332,6 +377,21 @@ def up(
             f"TCP:127.0.0.1:{apiserver_port}",
         ],
     )
+    # kube-proxy before the kubelet: it first looks for the node's IP for ~30 s (the node has
+    # none, see above), time the kubelet's start overlaps.
+    wait_until(
+        "the kubernetes Service",
+        lambda: sh(*kubectl, "get", "service", "kubernetes", check=False).returncode == 0,
+        30,
+    )
+    sh(*kubectl, "label", "service", "kubernetes", f"{PROXY_NAME_LABEL}=trainforge-socat")
+    proxy_healthz, proxy_metrics = free_port(), free_port()
+    (node_dir / "kube-proxy.yaml").write_text(
+        json.dumps(
+            kube_proxy_config(state_dir / "kube-proxy.kubeconfig", proxy_healthz, proxy_metrics)
+        )
+    )
+    launch("kube-proxy", [str(bin_dir / "kube-proxy"), f"--config={node_dir / 'kube-proxy.yaml'}"])
     dns_health, dns_ready = free_port(), free_port()
     (node_dir / "Corefile").write_text(
         corefile(dns_health, dns_ready, state_dir / "admin.kubeconfig")
@@ -373,6 +433,23 @@ def up(
     )
     sh(*kubectl, "wait", "--for=condition=Ready", f"node/{NODE_NAME}", "--timeout=90s")
     wait_until("CoreDNS", lambda: http_ok(f"http://127.0.0.1:{dns_ready}/ready"), 60)
+    wait_until(
+        "kube-proxy's first sync of the Services",
+        lambda: proxy_synced(f"http://127.0.0.1:{proxy_metrics}/metrics"),
+        90,
+    )
+
+
+def proxy_synced(url: str) -> bool:
+    """kube-proxy's /healthz is OK while it starts; its metrics say when it wrote its rules."""
+    import urllib.request
+
+    metric = 'kubeproxy_sync_proxy_rules_last_timestamp_seconds{ip_family="IPv4"}'
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(metric):
+                return float(line.split()[-1]) > 0
+    return False
 
 
 def http_ok(url: str) -> bool:
@@ -420,8 +497,23 @@ def down(state_dir: Path, data: dict, stop: Callable[[str], None]) -> None:
                 ctr("tasks", "kill", "-a", "-s", "SIGKILL", cid, check=False)
                 ctr("tasks", "delete", "--force", cid, check=False)
                 ctr("containers", "delete", cid, check=False)
-    for name in ("coredns", "apiserver-proxy", "containerd"):
+    for name in ("kube-proxy", "coredns", "apiserver-proxy", "containerd"):
         stop(name)
+    proxy = data.get("processes", {}).get("kube-proxy")
+    if proxy:
+        # Its chains and rules in every table, for both IP families (restore_host then puts
+        # back the tables as they were before `up`).
+        # It also tries the IPVS and nftables backends and fails on their missing tools
+        # (ipset, nft: nothing of theirs was created); only other errors are worth showing.
+        cleanup = sh(proxy["binary"], "--cleanup", check=False)
+        expected = ("not found in $PATH", "tearing down rules")
+        errors = [
+            line
+            for line in cleanup.stderr.splitlines()
+            if line.startswith("E") and not any(text in line for text in expected)
+        ]
+        if errors:
+            log("kube-proxy --cleanup: " + "\n".join(errors[-20:]))
     host = node.get("host", {})
     known_netns = set(host.get("netns", []))
     if NETNS_DIR.exists():

@@ -82,7 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
         "worker pods with a projected ServiceAccount token",
     )
     run.add_argument(
+        "--kueue",
+        action="store_true",
+        help="admit TrainingJobs with gang policy Kueue through Kueue Workloads (Kueue must be "
+        "installed, with TrainingJob.v1alpha1.trainforge.io in integrations.externalFrameworks)",
+    )
+    run.add_argument(
         "--trainer-image", default=None, help="image for TrainingJobs that do not set spec.image"
+    )
+    run.add_argument(
+        "--default-runtime",
+        default="",
+        metavar="NAME",
+        help="ClusterTrainingRuntime for TrainingJobs without spec.runtimeRef (docs/platform.md)",
     )
     run.add_argument("--log-format", choices=("json", "plain"), default="json")
     run.add_argument("--verbose", "-v", action="store_true", help="debug logging")
@@ -116,12 +128,13 @@ def build_parser() -> argparse.ArgumentParser:
 def run_operator(args: argparse.Namespace) -> int:
     import kopf
 
-    import trainforge.handlers  # noqa: F401 - registers the handlers with kopf
+    import trainforge.handlers  # registers the handlers with kopf
     from trainforge.render.common import RenderSettings
 
     render = RenderSettings(
         **({"default_image": args.trainer_image} if args.trainer_image else {}),
         progress_url=args.progress_url,
+        default_runtime=args.default_runtime,
     )
     lease_namespace, _, lease_name = args.leader_election_lease.rpartition("/")
     if args.leader_election_lease and not (lease_namespace and lease_name):
@@ -143,7 +156,10 @@ def run_operator(args: argparse.Namespace) -> int:
         progress_port=args.progress_port,
         identity=os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}",
         render=render,
+        kueue=args.kueue,
     )
+    if settings.kueue:
+        trainforge.handlers.watch_kueue_workloads()
     kopf.configure(
         verbose=args.verbose,
         log_format=kopf.LogFormat.JSON if args.log_format == "json" else kopf.LogFormat.PLAIN,

@@ -4,6 +4,11 @@ No kopf state lives on the objects: there are no on.create/on.update handlers (s
 last-handled-configuration or progress annotations) and no timers (which would force a
 finalizer and block deletion whenever the operator is down). Drift and time-based rules
 (deadlines, TTLs) are covered by the queue's requeue-after and a periodic resync.
+
+Every handler here is `async` and quick (a projection of the object, or a key into a queue):
+kopf runs a sync handler in a thread pool, and that hand-off per handler per watch event cost
+more CPU than the handlers themselves (bench/REPORT.md). The reconcile itself runs in the
+work queue's own threads.
 """
 
 from __future__ import annotations
@@ -41,12 +46,12 @@ WORKER_LABELS = {
 
 
 @kopf.index(contract.GROUP, contract.VERSION, "trainingjobs")
-def trainingjobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+async def trainingjobs(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
     return {(namespace, name): dict(body)}
 
 
 @kopf.index("", "v1", "pods", labels=WORKER_LABELS)
-def trainingjob_pods(
+async def trainingjob_pods(
     namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, tuple[str, PodView]]:
     owner = next(
@@ -65,20 +70,22 @@ def _job_child(namespace: str, labels: kopf.Labels, body: kopf.Body) -> dict[Key
 
 
 @kopf.index("", "v1", "pods", labels=WORKER_LABELS)
-def progress_pods(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, PodIdentity]:
+async def progress_pods(
+    namespace: str, name: str, body: kopf.Body, **_: Any
+) -> dict[Key, PodIdentity]:
     """(namespace, pod name) -> who the pod is: the progress endpoint's pod lookup."""
     return {(namespace, name): pod_identity(dict(body))}
 
 
 @kopf.index("", "v1", "services", labels=WORKER_LABELS)
-def trainingjob_services(
+async def trainingjob_services(
     namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, ChildRecord]:
     return _job_child(namespace, labels, body)
 
 
 @kopf.index("", "v1", "persistentvolumeclaims", labels=WORKER_LABELS)
-def trainingjob_claims(
+async def trainingjob_claims(
     namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, ChildRecord]:
     return _job_child(namespace, labels, body)
@@ -86,12 +93,24 @@ def trainingjob_claims(
 
 @kopf.on.event(contract.GROUP, contract.VERSION, "trainingjobs")
 async def trainingjob_changed(
-    type: str, namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any
+    type: str,
+    namespace: str,
+    name: str,
+    uid: str,
+    meta: kopf.Meta,
+    memo: kopf.Memo,
+    inferenceservices_by_job: kopf.Index[Key, str],
+    **_: Any,
 ) -> None:
     if type == "DELETED":
         memo.trainingjob_runner.forget(uid)
         memo.progress_store.forget(uid)
-    memo.trainingjob_queue.add((namespace, name))
+    if not memo.trainingjob_runner.own_write(uid, meta.get("resourceVersion")):
+        memo.trainingjob_queue.add((namespace, name))
+    # A job's status.checkpoint (or its existence) decides what its InferenceServices serve.
+    # One handler for both kinds: kopf's cost is per handler per event.
+    for service in inferenceservices_by_job.get((namespace, name), []):
+        memo.inference_queue.add((namespace, service))
 
 
 @kopf.on.event("", "v1", "services", labels=WORKER_LABELS, id="trainingjob-services-changed")
@@ -107,6 +126,13 @@ async def trainingjob_pod_changed(
     memo.trainingjob_queue.add_after(
         (namespace, labels[contract.LABEL_JOB_NAME]), POD_EVENT_DELAY_SECONDS
     )
+
+
+def watch_kueue_workloads() -> None:
+    """`run --kueue`: an admission or eviction is a change of a job's Workload."""
+    kopf.on.event(
+        "kueue.x-k8s.io", "v1beta2", "workloads", labels=WORKER_LABELS, id="trainingjob-workloads"
+    )(trainingjob_pod_changed)
 
 
 # --- InferenceServices --------------------------------------------------------------------
@@ -125,12 +151,12 @@ INFERENCE_CHILDREN = (
 
 
 @kopf.index(contract.GROUP, contract.VERSION, "inferenceservices")
-def inferenceservices(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
+async def inferenceservices(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, Any]:
     return {(namespace, name): dict(body)}
 
 
 @kopf.index(contract.GROUP, contract.VERSION, "inferenceservices")
-def inferenceservices_by_job(
+async def inferenceservices_by_job(
     namespace: str, name: str, spec: kopf.Spec, **_: Any
 ) -> dict[Key, str]:
     """(namespace, TrainingJob name) -> the InferenceServices serving its checkpoints."""
@@ -144,41 +170,43 @@ def _inference_child(namespace: str, labels: kopf.Labels, body: kopf.Body) -> di
 
 
 @kopf.index(*INFERENCE_CHILDREN[0], labels=INFERENCE_LABELS)
-def inference_deployments(
+async def inference_deployments(
     namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, ChildView]:
     return _inference_child(namespace, labels, body)
 
 
 @kopf.index(*INFERENCE_CHILDREN[1], labels=INFERENCE_LABELS)
-def inference_services(
+async def inference_services(
     namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, ChildView]:
     return _inference_child(namespace, labels, body)
 
 
 @kopf.index(*INFERENCE_CHILDREN[2], labels=INFERENCE_LABELS)
-def inference_autoscalers(
+async def inference_autoscalers(
     namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, ChildView]:
     return _inference_child(namespace, labels, body)
 
 
 @kopf.index(*INFERENCE_CHILDREN[3], labels=INFERENCE_LABELS)
-def inference_disruption_budgets(
+async def inference_disruption_budgets(
     namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, ChildView]:
     return _inference_child(namespace, labels, body)
 
 
 @kopf.index("", "v1", "pods", labels=INFERENCE_LABELS)
-def serving_pods(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Key, PodIdentity]:
+async def serving_pods(
+    namespace: str, name: str, body: kopf.Body, **_: Any
+) -> dict[Key, PodIdentity]:
     """(namespace, pod name) -> the server pod: the progress endpoint's served-step lookup."""
     return {(namespace, name): pod_identity(dict(body))}
 
 
 @kopf.index("", "v1", "pods", labels=INFERENCE_LABELS)
-def inference_pods_cannot_start(
+async def inference_pods_cannot_start(
     namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any
 ) -> dict[Key, tuple[str, str]]:
     """Server pods whose container cannot start (an empty mapping drops a recovered pod)."""
@@ -197,12 +225,13 @@ async def inference_pod_changed(
 
 @kopf.on.event(contract.GROUP, contract.VERSION, "inferenceservices")
 async def inferenceservice_changed(
-    type: str, namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any
+    type: str, namespace: str, name: str, uid: str, meta: kopf.Meta, memo: kopf.Memo, **_: Any
 ) -> None:
     if type == "DELETED":
         memo.inference_runner.forget(uid)
         memo.progress_store.forget(uid)
-    memo.inference_queue.add((namespace, name))
+    if not memo.inference_runner.own_write(uid, meta.get("resourceVersion")):
+        memo.inference_queue.add((namespace, name))
 
 
 for _group, _version, _plural in INFERENCE_CHILDREN:
@@ -212,19 +241,6 @@ for _group, _version, _plural in INFERENCE_CHILDREN:
         namespace: str, labels: kopf.Labels, memo: kopf.Memo, **_: Any
     ) -> None:
         memo.inference_queue.add((namespace, labels[contract.LABEL_INFERENCE_SERVICE]))
-
-
-@kopf.on.event(contract.GROUP, contract.VERSION, "trainingjobs")
-async def trainingjob_changed_for_inference(
-    namespace: str,
-    name: str,
-    memo: kopf.Memo,
-    inferenceservices_by_job: kopf.Index[Key, str],
-    **_: Any,
-) -> None:
-    """A job's status.checkpoint (or its existence) decides what its InferenceServices serve."""
-    for service in inferenceservices_by_job.get((namespace, name), []):
-        memo.inference_queue.add((namespace, service))
 
 
 @kopf.on.startup()
@@ -273,6 +289,7 @@ async def start(
         ],
         settings=config.render,
         live=memo.progress_store.get,
+        kueue=config.kueue,
     )
 
     async def reconcile(key: Any) -> float | None:
@@ -363,11 +380,22 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
         await memo.inference_queue.stop()
 
 
+class NoDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's annotation storage, except that it builds no diff base. kopf builds one (a deep
+    copy of the object) on every watch event for its on.create/on.update/on.field handlers;
+    this operator has none, so nothing ever reads it, and the copies were ~12% of the
+    operator's CPU in a burst of jobs (bench/REPORT.md). The prefix and key stay as set on day
+    one, should such a handler ever be added (it would need the real `build` back)."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> None:  # type: ignore[override]
+        return None
+
+
 def configure_kopf(settings: kopf.OperatorSettings, config: Settings) -> None:
     # Fixed on day one: changing these later would re-trigger every object.
     settings.persistence.finalizer = f"{contract.GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=contract.GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    settings.persistence.diffbase_storage = NoDiffBaseStorage(
         prefix=contract.GROUP, key="last-handled-configuration"
     )
     # The operator records its own Events; kopf's log-to-Event posting would duplicate them.

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import kubernetes
+import urllib3
 
 import trainforge_contract as contract
 
@@ -31,9 +32,14 @@ RESOURCES: dict[str, tuple[str, bool]] = {
     "HorizontalPodAutoscaler": ("horizontalpodautoscalers", True),
     "PodDisruptionBudget": ("poddisruptionbudgets", True),
     "PodGroup": ("podgroups", True),
+    "Workload": ("workloads", True),
+    "ResourceFlavor": ("resourceflavors", False),
+    "PriorityClass": ("priorityclasses", False),
     "NetworkAttachmentDefinition": ("network-attachment-definitions", True),
     "TrainingJob": ("trainingjobs", True),
     "InferenceService": ("inferenceservices", True),
+    "TrainingRuntime": ("trainingruntimes", True),
+    "ClusterTrainingRuntime": ("clustertrainingruntimes", False),
 }
 
 
@@ -76,6 +82,7 @@ class Api(Protocol):
     def get(self, ref: Ref) -> dict[str, Any] | None: ...
     def delete(self, ref: Ref, uid: str | None = None) -> bool: ...
     def patch_status(self, ref: Ref, status: dict[str, Any]) -> dict[str, Any]: ...
+    def patch(self, ref: Ref, body: dict[str, Any]) -> dict[str, Any]: ...
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]: ...
     def exists(self, ref: Ref) -> bool | None: ...
     def emit_event(
@@ -123,6 +130,10 @@ def path(
     return "/".join(parts)
 
 
+# Per request: the API server answers within this, or the reconcile backs off and retries.
+REQUEST_TIMEOUT = urllib3.Timeout(total=30)
+
+
 def request(
     method: str,
     url_path: str,
@@ -131,26 +142,33 @@ def request(
     query: list[tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
     api = configure()
-    method, url, headers, serialized, _ = api.param_serialize(
+    # The client builds the URL and the headers (its auth refreshes an in-cluster token); the
+    # body is plain JSON and goes straight to the connection pool, without the client's walk
+    # of every manifest for models to serialise (there are none).
+    method, url, headers, _, _ = api.param_serialize(
         method=method,
         resource_path=url_path,
         query_params=query or [],
         header_params={"Content-Type": content_type, "Accept": "application/json"},
-        body=body,
         auth_settings=["BearerToken"],
     )
-    response = api.call_api(method, url, headers, serialized, _request_timeout=30)
-    response.read()
-    raw = response.data or b""
-    data: str = raw.decode() if isinstance(raw, bytes) else str(raw)
+    response = api.rest_client.pool_manager.request(
+        method,
+        url,
+        body=None if body is None else json.dumps(body, separators=(",", ":")).encode(),
+        headers=headers,
+        timeout=REQUEST_TIMEOUT,
+    )
+    data: bytes = response.data or b""
     if not 200 <= response.status < 300:
-        wait = retry_after(response.status, response.getheader("Retry-After"))
+        wait = retry_after(response.status, response.headers.get("Retry-After"))
+        text = data.decode(errors="replace")
         try:
-            status = json.loads(data)
+            status = json.loads(text)
         except ValueError:
-            raise KubeError(response.status, "", data, wait) from None
+            raise KubeError(response.status, "", text, wait) from None
         raise KubeError(
-            response.status, status.get("reason", ""), status.get("message", data), wait
+            response.status, status.get("reason", ""), status.get("message", text), wait
         )
     return json.loads(data) if data else {}
 
@@ -205,6 +223,17 @@ def patch_status(ref: Ref, status: dict[str, Any]) -> dict[str, Any]:
         "PATCH",
         path(ref.api_version, ref.kind, ref.namespace, ref.name, "status"),
         {"status": status},
+        content_type="application/merge-patch+json",
+    )
+
+
+def patch(ref: Ref, body: dict[str, Any]) -> dict[str, Any]:
+    """Merge-patch fields of the object that other controllers share (a Kueue Workload's
+    spec.active), leaving the rest as they are; returns the updated object."""
+    return request(
+        "PATCH",
+        path(ref.api_version, ref.kind, ref.namespace, ref.name),
+        body,
         content_type="application/merge-patch+json",
     )
 

@@ -28,4 +28,6 @@ class Settings:
     # Live progress endpoint (operator/trainforge/progress/), on listen_address; 0 disables.
     # Workers learn its URL from render.progress_url.
     progress_port: int = 0
+    # Gang policy Kueue: Workloads are created and watched (needs Kueue's CRDs and RBAC).
+    kueue: bool = False
     render: RenderSettings = field(default_factory=RenderSettings)

@@ -107,7 +107,12 @@ INVALID: list[tuple[str, dict[str, Any], list[str]]] = [
     (
         "neither-claim-nor-template",
         manifest(checkpoint={"mountPath": "/ckpt"}),
-        ["spec.checkpoint", "exactly one of checkpoint.claimName"],
+        ["spec.checkpoint", "exactly one of checkpoint.claimName", "(spec.runtimeRef)"],
+    ),
+    (
+        "runtime-ref-of-another-kind",
+        manifest(runtimeRef={"name": "rdma-fabric", "kind": "ServingRuntime"}),
+        ["spec.runtimeRef.kind", "Unsupported value"],
     ),
     (
         "template-without-size",
@@ -275,6 +280,11 @@ VALID = [
                 "spec": {"serviceAccountName": "x"},
             },
         ),
+    ),
+    # The claim may come from the runtime: only the cadence here.
+    (
+        "runtime-provides-the-claim",
+        manifest(runtimeRef={"name": "rdma-fabric"}, checkpoint={"everySteps": 100}),
     ),
 ]
 

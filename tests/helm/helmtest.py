@@ -12,6 +12,7 @@ import ssl
 import subprocess
 import tempfile
 import threading
+import urllib.request
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from kubetest import REPO
+from kubetest import REPO, Operator
 
 CHART = REPO / "helm" / "trainforge"
 # `helm template` otherwise assumes Kubernetes v1.20 (the binary is built without version
@@ -77,6 +78,18 @@ def render(
         *values_args(values, tmp),
     ).stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
+
+
+def reconciles(operator: Operator) -> float:
+    """trainforge_reconcile_total over both kinds, from the operator's /metrics."""
+    url = f"http://127.0.0.1:{operator.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in lines
+        if line.startswith("trainforge_reconcile_total{")
+    )
 
 
 def find(docs: Iterable[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
@@ -200,7 +213,12 @@ class RecordingProxy:
                         self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                         self.wfile.flush()
                     self.wfile.write(b"0\r\n\r\n")
-                except (BrokenPipeError, ConnectionResetError, TimeoutError):
+                except (
+                    BrokenPipeError,
+                    ConnectionResetError,
+                    TimeoutError,
+                    http.client.IncompleteRead,  # a watch cut when the test stops
+                ):
                     self.close_connection = True
                 finally:
                     conn.close()

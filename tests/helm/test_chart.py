@@ -9,10 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from helmtest import CHART, KUBE_VERSION, find, granted, render, run_helm, values_args
 
 import trainforge_contract as contract
 from kubetest import REPO
+from trainforge.api.runtime import parse_runtime_spec
 
 # One values set per mode the chart supports; tests/helm/test_install.py installs some.
 MODES: dict[str, dict[str, Any]] = {
@@ -53,6 +55,7 @@ def test_default_watches_all_namespaces_with_a_cluster_role(helm: Path, tmp_path
     assert "--all-namespaces" in operator_args(docs)
     assert [r["metadata"]["name"] for r in find(docs, "ClusterRole")] == [
         "tf-trainforge",
+        "tf-trainforge-runtimes-trainforge",
         PROGRESS_ROLE,
     ]
     for binding in find(docs, "ClusterRoleBinding"):
@@ -67,7 +70,7 @@ def test_release_namespace_mode_uses_a_role_there(helm: Path, tmp_path: Path) ->
     assert [a for a in operator_args(docs) if a.startswith("--namespace")] == ["--namespace=ml"]
     assert [r["metadata"]["namespace"] for r in find(docs, "Role")] == ["ml"]
     assert [r["metadata"]["namespace"] for r in find(docs, "RoleBinding")] == ["ml"]
-    assert only_the_progress_token_review(docs, "ml")
+    assert only_runtimes_and_the_progress_token_review(docs, "ml")
 
 
 def test_namespace_list_mode_binds_a_role_in_each_namespace(helm: Path, tmp_path: Path) -> None:
@@ -81,22 +84,26 @@ def test_namespace_list_mode_binds_a_role_in_each_namespace(helm: Path, tmp_path
     assert sorted(r["metadata"]["namespace"] for r in find(docs, "Role")) == ["team-a", "team-b"]
     for binding in find(docs, "RoleBinding"):
         assert binding["subjects"][0]["namespace"] == "trainforge"  # the operator's own SA
-    assert only_the_progress_token_review(docs, "trainforge")
+    assert only_runtimes_and_the_progress_token_review(docs, "trainforge")
 
 
 PROGRESS_ROLE = "tf-trainforge-progress-trainforge"
 
 
-def only_the_progress_token_review(docs: list[dict[str, Any]], namespace: str) -> bool:
-    """Namespaced modes grant one thing cluster-wide: checking progress tokens (TokenReview,
-    cluster-scoped by nature)."""
+def only_runtimes_and_the_progress_token_review(docs: list[dict[str, Any]], namespace: str) -> bool:
+    """Namespaced modes grant two things cluster-wide, both cluster-scoped by nature: reading
+    ClusterTrainingRuntimes and checking progress tokens (TokenReview)."""
     roles = find(docs, "ClusterRole")
-    [binding] = find(docs, "ClusterRoleBinding")
+    bindings = find(docs, "ClusterRoleBinding")
     return (
-        [r["metadata"]["name"] for r in roles] == [f"tf-trainforge-progress-{namespace}"]
-        and {str(p) for p in granted(roles[0]["rules"])}
-        == {"create authentication.k8s.io/tokenreviews"}
-        and binding["roleRef"]["name"] == roles[0]["metadata"]["name"]
+        [r["metadata"]["name"] for r in roles]
+        == [f"tf-trainforge-runtimes-{namespace}", f"tf-trainforge-progress-{namespace}"]
+        and [{str(p) for p in granted(r["rules"])} for r in roles]
+        == [
+            {"get trainforge.io/clustertrainingruntimes"},
+            {"create authentication.k8s.io/tokenreviews"},
+        ]
+        and [b["roleRef"]["name"] for b in bindings] == [r["metadata"]["name"] for r in roles]
     )
 
 
@@ -111,7 +118,40 @@ def test_live_progress_endpoint_service_and_grant_only_when_enabled(
     assert service["spec"]["ports"][0]["targetPort"] == "progress"
     off = render(helm, {**MODES["release-namespace"], "progress": {"enabled": False}}, tmp_path)
     assert not [a for a in operator_args(off) if a.startswith("--progress")]
-    assert not find(off, "ClusterRole") and not find(off, "ClusterRoleBinding")
+    assert [r["metadata"]["name"] for r in find(off, "ClusterRole")] == [
+        "tf-trainforge-runtimes-trainforge"
+    ]
+
+
+def test_kueue_integration_flag_and_grants_only_when_enabled(helm: Path, tmp_path: Path) -> None:
+    off = render(helm, MODES["release-namespace"], tmp_path, namespace="ml")
+    assert "--kueue" not in operator_args(off)
+    assert not [p for r in find(off, "Role") for p in granted(r["rules"]) if "kueue" in str(p)]
+    on = render(
+        helm, {**MODES["release-namespace"], "kueue": {"enabled": True}}, tmp_path, namespace="ml"
+    )
+    assert "--kueue" in operator_args(on)
+    [role] = [r for r in find(on, "Role") if "kueue.x-k8s.io" in json.dumps(r["rules"])]
+    assert {str(p) for p in granted(role["rules"]) if "kueue" in str(p)} >= {
+        str(p)
+        for p in granted(
+            [
+                {"apiGroups": ["kueue.x-k8s.io"], "resources": ["workloads"], "verbs": ["create"]},
+                {
+                    "apiGroups": ["kueue.x-k8s.io"],
+                    "resources": ["workloads/status"],
+                    "verbs": ["patch"],
+                },
+            ]
+        )
+    }
+    [cluster_role] = [
+        c for c in find(on, "ClusterRole") if c["metadata"]["name"].endswith("-kueue-ml")
+    ]
+    assert {(r["resources"][0], tuple(r["verbs"])) for r in cluster_role["rules"]} == {
+        ("resourceflavors", ("get",)),
+        ("priorityclasses", ("get",)),
+    }
 
 
 def test_every_mode_grants_the_same_operator_permissions(helm: Path, tmp_path: Path) -> None:
@@ -219,6 +259,25 @@ def test_values_reach_the_operator_flags(helm: Path, tmp_path: Path) -> None:
     assert container["resources"]["requests"]["cpu"] == "2"
 
 
+def test_example_runtime_and_default_runtime_only_when_set(helm: Path, tmp_path: Path) -> None:
+    docs = render(helm, {}, tmp_path)
+    assert not find(docs, "ClusterTrainingRuntime")
+    assert not [a for a in operator_args(docs) if a.startswith("--default-runtime")]
+    docs = render(
+        helm,
+        {"exampleRuntime": {"enabled": True}, "operator": {"defaultRuntime": "rdma-fabric"}},
+        tmp_path,
+    )
+    [runtime] = find(docs, "ClusterTrainingRuntime")
+    assert runtime["metadata"]["name"] == "rdma-fabric"
+    assert runtime["spec"]["locked"] == ["network"]
+    rdma = runtime["spec"]["template"]["network"]["rdma"]
+    assert [n["name"] for n in rdma["networks"]] == ["rdma-rail-0", "rdma-rail-1"]
+    assert "--default-runtime=rdma-fabric" in operator_args(docs)
+    # The operator's own model accepts what the chart renders.
+    assert parse_runtime_spec(runtime["spec"]).template.resources is not None
+
+
 def test_monitoring_objects_only_when_enabled(helm: Path, tmp_path: Path) -> None:
     kinds = {"ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap"}
     assert not kinds & {d["kind"] for d in render(helm, {}, tmp_path)}
@@ -315,17 +374,52 @@ def test_kube_version_range_is_enforced(helm: Path) -> None:
 
 # --- CRDs ---------------------------------------------------------------------------------------
 
+KIND_CRD = "CustomResourceDefinition"
+
 
 def test_chart_crds_are_exactly_the_generated_ones() -> None:
     generated = {p.name: p.read_bytes() for p in (REPO / "crds").iterdir()}
-    shipped = {p.name: p.read_bytes() for p in (CHART / "crds").iterdir()}
+    shipped = {p.name: p.read_bytes() for p in (CHART / "files" / "crds").iterdir()}
     assert generated, "no generated CRDs in crds/"
     stale = sorted(
         n for n in generated.keys() | shipped.keys() if generated.get(n) != shipped.get(n)
     )
     assert not stale, (
-        f"helm/trainforge/crds/ differs from crds/ in {stale}: run `bash hack/sync-chart-crds.sh`"
+        f"helm/trainforge/files/crds/ differs from crds/ in {stale}: "
+        "run `bash hack/sync-chart-crds.sh`"
     )
+    # Helm installs a chart's crds/ folder once and never upgrades it; the CRDs are templates
+    # (templates/crds.yaml). A crds/ folder next to them would also make `helm install` fail:
+    # the CRDs it creates first have no Helm ownership metadata, so the templates may not
+    # adopt them.
+    assert not (CHART / "crds").exists(), (
+        "helm/trainforge/crds/ is back: `git rm -r helm/trainforge/crds` "
+        "(hack/sync-chart-crds.sh copies the CRDs to helm/trainforge/files/crds/)"
+    )
+
+
+def test_crds_render_as_the_generated_ones_that_helm_never_deletes(
+    helm: Path, tmp_path: Path
+) -> None:
+    rendered = {d["metadata"]["name"]: d for d in find(render(helm, {}, tmp_path), KIND_CRD)}
+    generated = {
+        p.stem: yaml.safe_load(p.read_text()) for p in sorted((REPO / "crds").glob("*.yaml"))
+    }
+    assert rendered.keys() == generated.keys()
+    for name, crd in rendered.items():
+        metadata = crd["metadata"]
+        assert metadata.pop("annotations") == {"helm.sh/resource-policy": "keep"}, name
+        assert metadata.pop("labels")["app.kubernetes.io/part-of"] == "trainforge", name
+        assert crd == generated[name], f"{name} renders differently from crds/{name}.yaml"
+        # Client-side apply (kubectl, Argo CD by default) keeps the whole object in an
+        # annotation, and all annotations together are limited to 256 KiB (docs/gitops.md).
+        assert len(json.dumps(crd, separators=(",", ":"))) < 256 * 1024, name
+
+
+def test_crds_install_false_renders_no_crd(helm: Path, tmp_path: Path) -> None:
+    docs = render(helm, {"crds": {"install": False}}, tmp_path)
+    assert not find(docs, KIND_CRD)
+    assert find(docs, "Deployment")
 
 
 # --- metrics used by alerts and the dashboard ---------------------------------------------------

@@ -45,6 +45,26 @@ def trainingjob(name: str, **spec: Any) -> dict[str, Any]:
     }
 
 
+def training_runtime(name: str, **template: Any) -> dict[str, Any]:
+    """A platform team's runtime, kept in the same Git repository as the jobs."""
+    return {
+        "apiVersion": "trainforge.io/v1alpha1",
+        "kind": "TrainingRuntime",
+        "metadata": {"name": name, "labels": {"team": "ml"}, "annotations": {"git/sha": "abc"}},
+        "spec": {"template": template, "locked": ["image"]},
+    }
+
+
+def job_on_runtime(name: str, runtime: str, **spec: Any) -> dict[str, Any]:
+    """A job that names its runtime and says only what it trains."""
+    return {
+        "apiVersion": "trainforge.io/v1alpha1",
+        "kind": "TrainingJob",
+        "metadata": {"name": name, "labels": {"team": "ml"}, "annotations": {"git/sha": "abc"}},
+        "spec": {"runtimeRef": {"kind": "TrainingRuntime", "name": runtime}, **spec},
+    }
+
+
 def inferenceservice(name: str, claim: str) -> dict[str, Any]:
     return {
         "apiVersion": "trainforge.io/v1alpha1",
@@ -69,6 +89,13 @@ MANIFESTS = [
     trainingjob("stalled", network={"rdma": {"networks": [{"name": "missing-rail"}]}}),
     inferenceservice("ready", claim="checkpoints"),
     inferenceservice("unservable", claim="missing-claim"),
+    training_runtime(
+        "platform",
+        image="example.com/trainer:1",
+        resources={"gpusPerWorker": 1, "requests": {"cpu": "100m"}},
+        env=[{"name": "TEAM", "value": "platform"}],
+    ),
+    job_on_runtime("on-runtime", "platform", trainer={"maxSteps": 10}),
 ]
 
 
@@ -170,6 +197,8 @@ def live(
         ("TrainingJob", "stalled"): lambda o: condition(o, "Stalled") == "True",
         ("InferenceService", "ready"): lambda o: condition(o, "Ready") == "True",
         ("InferenceService", "unservable"): lambda o: condition(o, "Stalled") == "True",
+        ("TrainingJob", "on-runtime"): lambda o: phase(o) == "Running",
+        ("TrainingRuntime", "platform"): lambda o: True,
     }
     objects: dict[tuple[str, str], Any] = {}
     for (kind, name), reached in expected.items():
@@ -232,6 +261,18 @@ def test_reapplying_the_manifests_changes_nothing(
     assert diff.returncode == 1 and "+    team: research" in diff.stdout, diff.stdout + diff.stderr
 
 
+def test_a_job_on_a_runtime_from_git_runs_the_runtimes_spec(
+    live: dict[tuple[str, str], Any],
+) -> None:
+    status = live["TrainingJob", "on-runtime"]["status"]
+    assert status["runtime"]["name"] == "platform"
+    effective = status["effectiveSpec"]
+    assert effective["image"] == "example.com/trainer:1"
+    assert effective["resources"]["gpusPerWorker"] == 1
+    assert effective["trainer"] == {"maxSteps": 10}
+    assert condition(live["TrainingJob", "on-runtime"], "Ready") == "True"
+
+
 # --- Argo CD health of the live objects ----------------------------------------------------------
 
 LUA = shutil.which("lua5.4")
@@ -243,6 +284,7 @@ HEALTH = {
     ("TrainingJob", "succeeded"): ("Healthy", "All workers succeeded"),
     ("TrainingJob", "failed"): ("Degraded", "failed-worker-0 (exit code 3) failed"),
     ("TrainingJob", "stalled"): ("Degraded", "/missing-rail does not exist"),
+    ("TrainingJob", "on-runtime"): ("Progressing", "Running: all 1 workers are running"),
     ("InferenceService", "ready"): ("Healthy", "1/1 replicas available"),
     ("InferenceService", "unservable"): ("Degraded", "/missing-claim does not exist"),
 }
@@ -321,7 +363,7 @@ def test_prometheus_scrapes_the_operator(
             for r in query(port, f'trainforge_trainingjobs{{namespace="{ns}"}}')
         }
         assert {p: by_phase.get(p) for p in ("Running", "Succeeded", "Failed")} == {
-            "Running": "1",
+            "Running": "2",  # "running" and "on-runtime"
             "Succeeded": "1",
             "Failed": "1",
         }, by_phase

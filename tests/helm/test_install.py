@@ -10,7 +10,6 @@ leader with the chart's Lease permissions. Then upgrade (jobs survive) and unins
 from __future__ import annotations
 
 import json
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -29,17 +28,22 @@ from helmtest import (
     admin_server_and_ca,
     granted,
     plain_kubeconfig,
+    reconciles,
     run_helm,
     values_args,
 )
 
-from kubetest import Cluster, Kubectl, Operator, start_operator, wait_for
+from kubetest import Cluster, Kubectl, start_operator, wait_for
 
 pytestmark = pytest.mark.cluster
 
 MONITORING_CRDS = Path(__file__).parent / "testdata" / "prometheus-operator-crds"
 RELEASE = "tf"
 SA = f"{RELEASE}-trainforge"
+# The session's CRDs come from the kubectl fixture (crds/, for every test), so these releases
+# do not install them; two releases could not both own them anyway. The chart's CRD templates
+# are installed and upgraded by tests/helm/test_crd_upgrade.py on a cluster of its own.
+NO_CRDS = {"crds": {"install": False}}
 
 # Permissions the chart grants that the run below does not exercise, and why. The test fails
 # when one of them is used after all (then it is verified: remove it here).
@@ -88,7 +92,7 @@ def install(
     uninstalled and both namespaces deleted afterwards."""
     system = create_namespace(kubectl, "trainforge-system")
     watched = create_namespace(kubectl, "ml")
-    values = {"watch": {"scope": "list", "namespaces": [watched]}, **values}
+    values = {"watch": {"scope": "list", "namespaces": [watched]}, **NO_CRDS, **values}
     out = run_helm(
         helm,
         "install",
@@ -139,8 +143,9 @@ def release(
             "prometheusRule": {"enabled": True},
             "dashboard": {"enabled": True},
         },
+        {"exampleRuntime": {"enabled": True}, "operator": {"defaultRuntime": "rdma-fabric"}},
     ],
-    ids=["all", "release", "list", "ha-all", "ha-list", "monitoring"],
+    ids=["all", "release", "list", "ha-all", "ha-list", "monitoring", "example-runtime"],
 )
 def test_rendered_manifests_pass_server_validation(
     cluster: Cluster,
@@ -164,6 +169,9 @@ def test_rendered_manifests_pass_server_validation(
     ).stdout
     result = kubectl("apply", "--dry-run=server", "-f", "-", input=rendered)
     assert "deployment.apps/check-trainforge created (server dry run)" in result.stdout
+    if values.get("exampleRuntime", {}).get("enabled"):
+        # The CRD's schema and rules accept the chart's example runtime.
+        assert "clustertrainingruntime.trainforge.io/rdma-fabric created" in result.stdout
 
 
 # --- the operator with the chart's RBAC --------------------------------------------------------
@@ -286,6 +294,30 @@ def operator_calls(
             ]
         ),
     )
+    # A job on a TrainingRuntime in its namespace and one on a ClusterTrainingRuntime (get of
+    # each, once, when the job starts).
+    cluster_runtime = f"{ns}-runtime"
+    kubectl(
+        "apply",
+        "-n",
+        ns,
+        "-f",
+        "-",
+        input=yaml.safe_dump_all(
+            [
+                {
+                    "apiVersion": "trainforge.io/v1alpha1",
+                    "kind": kind,
+                    "metadata": {"name": name},
+                    "spec": {"template": {"image": "example.com/trainer:1"}},
+                }
+                for kind, name in (
+                    ("TrainingRuntime", "small"),
+                    ("ClusterTrainingRuntime", cluster_runtime),
+                )
+            ]
+        ),
+    )
     token = kubectl("create", "token", SA, "-n", release.namespace, "--duration=1h").stdout
     server, ca = admin_server_and_ca(cluster.kubeconfig)
     tmp = tmp_path_factory.mktemp("chart-rbac-operator")
@@ -353,10 +385,35 @@ def operator_calls(
                 input=job("volcano", workers=1, scheduling={"gang": {"policy": "Volcano"}}),
             )
 
+            for runtime_job, ref in (
+                ("namespaced", {"kind": "TrainingRuntime", "name": "small"}),
+                ("clusterwide", {"name": cluster_runtime}),
+            ):
+                kubectl(
+                    "apply",
+                    "-n",
+                    ns,
+                    "-f",
+                    "-",
+                    input=yaml.safe_dump(
+                        {
+                            "apiVersion": "trainforge.io/v1alpha1",
+                            "kind": "TrainingJob",
+                            "metadata": {"name": runtime_job},
+                            "spec": {"runtimeRef": ref},
+                        }
+                    ),
+                )
+
             pods = wait_for(
                 lambda: (p := running_pods(kubectl, ns, "train", 0)) and len(p) == 2 and p,
                 "2 running workers of train",
             )
+            for runtime_job in ("namespaced", "clusterwide"):
+                wait_for(
+                    lambda: running_pods(kubectl, ns, runtime_job, 0),  # noqa: B023
+                    f"the worker of {runtime_job} (from its runtime)",
+                )
             end(kubectl, ns, pods[1:], 1)  # retryable: the whole gang restarts
             pods = wait_for(
                 lambda: (p := running_pods(kubectl, ns, "train", 1)) and len(p) == 2 and p,
@@ -414,6 +471,7 @@ def operator_calls(
         finally:
             operator.stop()
             kubectl("delete", "persistentvolume", *volumes, "--wait=false", check=False)
+            kubectl("delete", "clustertrainingruntime", cluster_runtime, check=False)
         logs = operator.logs()
         assert "Traceback" not in logs, logs[-5000:]
         return list(proxy.calls)
@@ -433,12 +491,17 @@ def chart_role(kubectl: Kubectl, release: Release) -> list[dict[str, Any]]:
     return list(json.loads(out)["rules"])
 
 
+def runtimes_role(kubectl: Kubectl, release: Release) -> list[dict[str, Any]]:
+    """The ClusterRole for ClusterTrainingRuntimes (cluster-scoped, whatever the watch scope)."""
+    name = f"{SA}-runtimes-{release.namespace}"
+    return list(json.loads(kubectl("get", "clusterrole", name, "-o", "json").stdout)["rules"])
+
+
 def test_granted_permissions_are_exactly_the_operators_calls(
     kubectl: Kubectl, release: Release, operator_calls: list[Call]
 ) -> None:
-    grants = {
-        Permission(p.group, p.resource, p.verb) for p in granted(chart_role(kubectl, release))
-    }
+    rules = chart_role(kubectl, release) + runtimes_role(kubectl, release)
+    grants = {Permission(p.group, p.resource, p.verb) for p in granted(rules)}
     used = {p for c in operator_calls if c.status != 403 for p in c.permissions()}
 
     missing = used - grants
@@ -518,18 +581,6 @@ def ha_release(
 def lease_holder(kubectl: Kubectl, namespace: str, name: str) -> str:
     out = kubectl("get", "lease", name, "-n", namespace, "-o", "json", check=False)
     return json.loads(out.stdout)["spec"].get("holderIdentity", "") if out.returncode == 0 else ""
-
-
-def reconciles(operator: Operator) -> float:
-    """trainforge_reconcile_total over both kinds, from the replica's /metrics."""
-    url = f"http://127.0.0.1:{operator.metrics_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        lines = response.read().decode().splitlines()
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in lines
-        if line.startswith("trainforge_reconcile_total{")
-    )
 
 
 def test_ha_replicas_elect_one_leader_with_the_chart_rbac(
@@ -630,6 +681,7 @@ def test_upgrade_with_changed_values_keeps_jobs(
         "watch": {"scope": "list", "namespaces": [ns]},
         "replicaCount": 2,
         "operator": {"workers": 4},
+        **NO_CRDS,
     }
     run_helm(
         helm,
@@ -681,9 +733,19 @@ def test_uninstall_removes_everything_but_the_crds(
     cluster_wide = kubectl(
         "get", "clusterrole,clusterrolebinding", "-l", selector, "-o", "name"
     ).stdout.split()
-    # The HA release (same release name, another namespace) keeps its own progress grant.
-    left = [n for n in cluster_wide if "-progress-" not in n or n.endswith(f"-{release.namespace}")]
+    # The HA release (same release name, another namespace) keeps its own progress and
+    # runtimes grants.
+    left = [
+        n
+        for n in cluster_wide
+        if not ("-progress-" in n or "-runtimes-" in n) or n.endswith(f"-{release.namespace}")
+    ]
     assert not left, left
-    for crd in ("trainingjobs.trainforge.io", "inferenceservices.trainforge.io"):
+    for crd in (
+        "trainingjobs.trainforge.io",
+        "inferenceservices.trainforge.io",
+        "trainingruntimes.trainforge.io",
+        "clustertrainingruntimes.trainforge.io",
+    ):
         kubectl("get", "crd", crd)
     kubectl("get", "tj", "survivor", "-n", release.watched)  # user data stays with its CRD

@@ -62,20 +62,31 @@ def real_cluster(images: Images) -> Iterator[Cluster]:
 
 
 def host_state() -> dict[str, object]:
-    """What the kubelet and the CNI plugins change on the host (docs/real-node.md)."""
+    """What the kubelet, kube-proxy and the CNI plugins change on the host
+    (docs/real-node.md)."""
     sysctls = (
         "vm/overcommit_memory",
         "kernel/panic",
         "kernel/panic_on_oops",
         "net/ipv4/ip_forward",
+        "net/ipv4/conf/all/route_localnet",
+        "net/netfilter/nf_conntrack_max",
+        "net/netfilter/nf_conntrack_tcp_timeout_established",
+        "net/netfilter/nf_conntrack_tcp_timeout_close_wait",
     )
-    rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+    rules = {
+        tool: subprocess.run([f"{tool}-save"], capture_output=True, text=True).stdout
+        for tool in ("iptables", "ip6tables")
+    }
     return {
         "sysctls": {k: Path("/proc/sys", k).read_text().strip() for k in sysctls},
         # Chains and rules; an empty table and no table at all behave the same.
-        "iptables": sorted(
-            line for line in rules.splitlines() if line.startswith("-A") or "KUBE-" in line
-        ),
+        "iptables": {
+            tool: sorted(
+                line for line in dump.splitlines() if line.startswith("-A") or "KUBE-" in line
+            )
+            for tool, dump in rules.items()
+        },
         "loopback": subprocess.run(
             ["ip", "-brief", "addr", "show", "lo"], capture_output=True, text=True
         ).stdout,

@@ -27,6 +27,7 @@ class FakeApi:
         # (verb, kind) -> the error the next matching requests raise (until removed).
         self.fail: dict[tuple[str, str], kube.KubeError] = {}
         self._uids = itertools.count(1)
+        self._versions = itertools.count(1)
 
     def add(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Put `obj` in the store as someone else would (a uid is assigned)."""
@@ -79,6 +80,16 @@ class FakeApi:
             raise kube.KubeError(404, "NotFound", f"{ref.kind} {ref.name} not found")
         merged = {**found.get("status", {}), **status}
         found["status"] = {k: v for k, v in merged.items() if v is not None}
+        found["metadata"]["resourceVersion"] = str(next(self._versions))  # every write: a new one
+        return copy.deepcopy(found)
+
+    def patch(self, ref: kube.Ref, body: dict[str, Any]) -> dict[str, Any]:
+        self._call("patch", ref.kind, ref.name)
+        found = self.objects.get((ref.kind, ref.namespace, ref.name))
+        if found is None:
+            raise kube.KubeError(404, "NotFound", f"{ref.kind} {ref.name} not found")
+        for key, value in body.items():
+            found[key] = {**found.get(key, {}), **value}
         return copy.deepcopy(found)
 
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,17 @@ from typing import Any
 import pytest
 
 from trainforge.api import TrainingJobSpec
-from trainforge.api.crdgen import REPO_ROOT, TRAINING_JOB, crd_manifest, main, stale_files
+from trainforge.api.crdgen import (
+    CLUSTER_TRAINING_RUNTIME,
+    REPO_ROOT,
+    TRAINING_JOB,
+    TRAINING_RUNTIME,
+    CrdDefinition,
+    crd_manifest,
+    main,
+    stale_files,
+)
+from trainforge.reconcile.runtime import strip_defaults
 
 SCHEMA = crd_manifest(TRAINING_JOB)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 
@@ -134,3 +144,50 @@ SPEC_SCHEMA = SCHEMA["properties"]["spec"]
 def test_server_defaults_equal_model_defaults(spec: dict[str, Any]) -> None:
     stored = _apply_defaults(spec, SPEC_SCHEMA)
     assert TrainingJobSpec.model_validate(stored) == TrainingJobSpec.model_validate(spec)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {},
+        {"runtimeRef": {"name": "rdma"}, "checkpoint": {"everySteps": 10}},
+        {"network": {"rdma": {"nccl": {"gidIndex": 3}}}, "resources": {"gpusPerWorker": 4}},
+        {"scheduling": {"queueName": "team-a", "gang": {"policy": "Kueue"}}},
+    ],
+)
+def test_what_the_server_defaults_never_overrides_a_runtime(spec: dict[str, Any]) -> None:
+    """reconcile/runtime.py reads a job value equal to its schema default as "not set": what
+    the server stores for a job is exactly what the job said plus such values."""
+    assert strip_defaults(TrainingJobSpec, _apply_defaults(spec, SPEC_SCHEMA)) == spec
+
+
+@pytest.mark.parametrize("crd", [TRAINING_RUNTIME, CLUSTER_TRAINING_RUNTIME], ids=lambda c: c.kind)
+def test_runtime_crds_are_documented_bounded_and_scoped(crd: CrdDefinition) -> None:
+    manifest = crd_manifest(crd)
+    assert manifest["spec"]["scope"] == (
+        "Cluster" if crd.kind.startswith("Cluster") else "Namespaced"
+    )
+    version = manifest["spec"]["versions"][0]
+    assert version["subresources"] == {}  # no status: nothing but the platform team writes them
+    schema = version["schema"]["openAPIV3Schema"]
+    assert set(schema["properties"]) == {"apiVersion", "kind", "metadata", "spec"}
+    nodes = list(_nodes(schema["properties"]["spec"], ".spec"))
+    undocumented = [
+        f"{path}.{name}"
+        for path, node in nodes
+        for name, prop in node.get("properties", {}).items()
+        if not prop.get("description")
+    ]
+    assert not undocumented
+    unbounded = [
+        path
+        for path, node in nodes
+        if (node.get("type") == "array" and "maxItems" not in node)
+        or (node.get("type") == "string" and not ({"enum", "maxLength"} & node.keys()))
+    ]
+    assert not unbounded
+    # The template is the TrainingJob spec's own sub-models: a field added there (and its
+    # rules) reaches runtimes without touching them.
+    template = schema["properties"]["spec"]["properties"]["template"]["properties"]
+    for field in ("resources", "network", "checkpoint", "scheduling", "podTemplate"):
+        assert template[field]["properties"] == SPEC_SCHEMA["properties"][field]["properties"]

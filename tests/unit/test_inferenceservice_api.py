@@ -192,7 +192,12 @@ def test_from_job_example_serves_the_cpu_training_example() -> None:
 
 
 def test_crd_is_generated_next_to_the_trainingjob_one() -> None:
-    assert [crd.kind for crd in CRDS] == ["TrainingJob", "InferenceService"]
+    assert [crd.kind for crd in CRDS] == [
+        "TrainingJob",
+        "InferenceService",
+        "TrainingRuntime",
+        "ClusterTrainingRuntime",
+    ]
 
 
 def test_names_scale_subresource_and_printer_columns() -> None:

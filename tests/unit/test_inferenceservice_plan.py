@@ -85,6 +85,15 @@ def children_for(spec: dict[str, Any], mount: ModelMount, rollout: Rollout) -> l
     return views
 
 
+def job_on_runtime(checkpoint: dict[str, Any], step: int) -> dict[str, Any]:
+    """A job whose checkpoint volume comes from its TrainingRuntime: only its effective spec
+    (status.effectiveSpec) has it."""
+    with_runtime = job(step=step)
+    with_runtime["spec"]["runtimeRef"] = {"name": "rdma"}
+    with_runtime["status"]["effectiveSpec"] = {"workers": 1, "checkpoint": checkpoint}
+    return with_runtime
+
+
 PVC_MOUNT = ModelMount("ckpt", "/checkpoints", "/checkpoints")
 DONE = Rollout(2, 2, replicas=1, ready_replicas=1, available_replicas=1, updated_replicas=1)
 
@@ -148,6 +157,19 @@ DONE = Rollout(2, 2, replicas=1, ready_replicas=1, available_replicas=1, updated
                 "step": 7,
             },
         ),
+        (
+            FROM_JOB,
+            job_on_runtime({"claimName": "platform-ckpt", "mountPath": "/ckpt"}, step=3),
+            ModelMount("platform-ckpt", "/ckpt", "/ckpt"),
+            "",
+            False,
+            {
+                "trainingJob": "llm",
+                "claimName": "platform-ckpt",
+                "path": "/checkpoints/step-00000003",
+                "step": 3,
+            },
+        ),
     ],
     ids=[
         "claim",
@@ -158,6 +180,7 @@ DONE = Rollout(2, 2, replicas=1, ready_replicas=1, available_replicas=1, updated
         "job-failed-without-checkpoint",
         "job-with-checkpoint",
         "job-with-own-claim",
+        "job-with-the-claim-of-its-runtime",
     ],
 )
 def test_resolve_model(

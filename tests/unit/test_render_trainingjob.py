@@ -331,12 +331,9 @@ def test_user_env_comes_last_and_may_override_nccl_settings() -> None:
             {},
             "scheduler-plugins-scheduler",
         ),
-        (
-            {"gang": {"policy": "Kueue"}, "queueName": "team-a"},
-            {"kueue.x-k8s.io/queue-name": "team-a", "kueue.x-k8s.io/pod-group-name": "llm"},
-            {"kueue.x-k8s.io/pod-group-total-count": "3"},
-            None,
-        ),
+        # Kueue admits the job's Workload (render/kueue.py): its pods must not look like a
+        # Kueue pod group, which Kueue's pod integration would queue a second time.
+        ({"gang": {"policy": "Kueue"}, "queueName": "team-a"}, {}, {}, None),
     ],
 )
 def test_gang_policy_pod_metadata(
@@ -423,6 +420,25 @@ def test_spread_workers_adds_required_anti_affinity_to_the_users_affinity() -> N
         }
     ]
     assert "affinity" not in pod({})["spec"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "field"),
+    [
+        ("Required", "requiredDuringSchedulingIgnoredDuringExecution"),
+        ("Preferred", "preferredDuringSchedulingIgnoredDuringExecution"),
+    ],
+)
+def test_topology_keeps_this_attempts_workers_together_by_the_node_label(
+    mode: str, field: str
+) -> None:
+    topology = {"key": "example.com/rack", "mode": mode}
+    rendered = pod({"scheduling": {"spreadWorkers": True, "topology": topology}}, attempt=1)
+    [term] = rendered["spec"]["affinity"]["podAffinity"][field]
+    term = term.get("podAffinityTerm", term)
+    assert term["topologyKey"] == "example.com/rack"
+    assert term["labelSelector"]["matchLabels"]["trainforge.io/restart-attempt"] == "1"
+    assert "podAntiAffinity" in rendered["spec"]["affinity"]  # spreadWorkers still applies
 
 
 def test_scheduling_fields_pass_through() -> None:

@@ -95,6 +95,54 @@ def test_a_new_job_gets_its_gang_once_even_while_the_watch_lags() -> None:
     assert world.api.writes("patch_status", "TrainingJob") == 2
 
 
+def test_a_gang_whose_workers_start_one_by_one_is_written_pending_then_running() -> None:
+    world = JobWorld(FakeApi())
+    world.runner.reconcile(KEY)
+    first, second = world.api.of_kind("Pod")
+    first["status"] = {"phase": "Running"}
+    # Only the counts changed ("1/2 workers running"): the write waits a few seconds.
+    wait = world.runner.reconcile(KEY)
+    assert wait is not None and 0 < wait <= 10
+    assert world.api.writes("patch_status", "TrainingJob") == 1
+    second["status"] = {"phase": "Running"}
+    world.runner.reconcile(KEY)
+    assert world.status()["phase"] == "Running"
+    assert world.status()["workers"]["running"] == 2
+    assert world.api.writes("patch_status", "TrainingJob") == 2
+
+
+def test_a_part_started_gang_shows_its_worker_counts_once_the_interval_passed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from trainforge.reconcile import runner as runner_module
+
+    world = JobWorld(FakeApi())
+    world.runner.reconcile(KEY)
+    world.api.of_kind("Pod")[0]["status"] = {"phase": "Running"}
+    world.runner.reconcile(KEY)
+    assert world.status()["workers"]["running"] == 0  # postponed
+    monkeypatch.setattr(runner_module, "COUNTS_WRITE_INTERVAL_SECONDS", 0.0)  # time passed
+    world.runner.reconcile(KEY)
+    assert world.status()["phase"] == "Pending"
+    assert world.status()["workers"]["running"] == 1
+    running = next(c for c in world.status()["conditions"] if c["type"] == "Running")
+    assert running["message"] == "1/2 workers running"
+
+
+def test_the_watch_event_of_our_own_status_write_is_told_from_anyone_elses() -> None:
+    world = JobWorld(FakeApi())
+    world.runner.reconcile(KEY)
+    stored = world.api.objects[("TrainingJob", *KEY)]
+    uid, written = stored["metadata"]["uid"], stored["metadata"]["resourceVersion"]
+    # Its event needs no reconcile: the runner holds that status already.
+    assert world.runner.own_write(uid, written)
+    # A later version (the user changed the spec, someone labelled it) does.
+    assert not world.runner.own_write(uid, written + "1")
+    assert not world.runner.own_write(uid, None)
+    world.runner.forget(uid)
+    assert not world.runner.own_write(uid, written)
+
+
 def test_a_refused_pod_is_a_stalled_condition_an_event_and_a_backoff() -> None:
     api = FakeApi()
     world = JobWorld(api)
@@ -233,9 +281,9 @@ def test_the_spec_is_parsed_once_per_generation(monkeypatch: pytest.MonkeyPatch)
     parsed: list[int] = []
     real = runner_module.parse_spec
 
-    def counting(job: Any) -> Any:
+    def counting(job: Any, runtime: Any) -> Any:
         parsed.append(job["metadata"]["generation"])
-        return real(job)
+        return real(job, runtime)
 
     monkeypatch.setattr(runner_module, "parse_spec", counting)
     api = FakeApi()

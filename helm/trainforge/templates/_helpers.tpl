@@ -73,3 +73,13 @@ app.kubernetes.io/part-of: trainforge
 {{- define "trainforge.leaseName" -}}
 {{- include "trainforge.fullname" . -}}
 {{- end -}}
+
+{{/* Labels of the CRDs: the chart's, without the operator component. */}}
+{{- define "trainforge.crdLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+app.kubernetes.io/name: {{ include "trainforge.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: trainforge
+{{- end -}}

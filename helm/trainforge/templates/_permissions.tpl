@@ -6,6 +6,8 @@ same list as a table.
 
 - trainforge.rules: in each watched namespace (or cluster-wide with watch.scope all), the
   one list both the ClusterRole and the per-namespace Roles render.
+- trainforge.runtimeRules: ClusterTrainingRuntimes are cluster-scoped, so a ClusterRole
+  whatever the watch scope.
 - trainforge.leaderElectionRules: HA only (replicaCount > 1), in the release namespace only,
   whatever the watch scope.
 
@@ -82,10 +84,36 @@ namespaces and CRDs off, and records its own Events instead of kopf's.
 - apiGroups: [scheduling.x-k8s.io]
   resources: [podgroups]
   verbs: [get, create]
+# A TrainingJob's spec.runtimeRef to a TrainingRuntime in its namespace: read once when the
+# job starts (then snapshotted in its status); never listed or watched.
+- apiGroups: [trainforge.io]
+  resources: [trainingruntimes]
+  verbs: [get]
+{{- if .Values.kueue.enabled }}
+# Gang policy Kueue (kueue.enabled): the job's Workload. Watched by label (list, watch); read
+# fresh before the gang starts (get); created (create); spec.active follows spec.suspend
+# (patch); replaced while queued when the job is edited (delete); Finished, and the quota
+# handed back after an eviction (status patch), as Kueue's own job integrations do.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [get, list, watch, create, patch, delete]
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads/status]
+  verbs: [patch]
+{{- end }}
 # Existence check of spec.network.rdma.networks (Multus NetworkAttachmentDefinitions): a
 # missing one becomes a Stalled condition instead of pods stuck in ContainerCreating.
 - apiGroups: [k8s.cni.cncf.io]
   resources: [network-attachment-definitions]
+  verbs: [get]
+{{- end -}}
+
+{{/* ClusterTrainingRuntimes (spec.runtimeRef, or operator.defaultRuntime): read once when a
+job starts, like TrainingRuntimes. They are cluster-scoped: a ClusterRole whatever the watch
+scope. */}}
+{{- define "trainforge.runtimeRules" -}}
+- apiGroups: [trainforge.io]
+  resources: [clustertrainingruntimes]
   verbs: [get]
 {{- end -}}
 
@@ -102,6 +130,20 @@ of a POST, so create covers any Lease in the release namespace. */}}
 - apiGroups: [coordination.k8s.io]
   resources: [leases]
   verbs: [create]
+{{- end -}}
+
+
+{{/* Gang policy Kueue (kueue.enabled): the admission names ResourceFlavors, whose node labels
+and tolerations the workers get, and a job's PriorityClass value becomes its Workload's
+priority. Both kinds are cluster-scoped, so this is a ClusterRole whatever the watch scope;
+get is the only verb. */}}
+{{- define "trainforge.kueueRules" -}}
+- apiGroups: [kueue.x-k8s.io]
+  resources: [resourceflavors]
+  verbs: [get]
+- apiGroups: [scheduling.k8s.io]
+  resources: [priorityclasses]
+  verbs: [get]
 {{- end -}}
 
 

@@ -26,7 +26,7 @@ from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue, NoDefault
 from pydantic_core import core_schema
 
 import trainforge_contract as contract
-from trainforge.api import inferenceservice, trainingjob
+from trainforge.api import inferenceservice, runtime, trainingjob
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 HEADER = (
@@ -44,9 +44,11 @@ class CrdDefinition:
     short_names: tuple[str, ...]
     categories: tuple[str, ...]
     spec_model: type[BaseModel]
-    status_model: type[BaseModel]
+    # None: the kind has no status (nor the status subresource).
+    status_model: type[BaseModel] | None
     printer_columns: tuple[dict[str, Any], ...]
     root_rules: tuple[dict[str, str], ...] = ()
+    scope: str = "Namespaced"
     # Extra subresources besides status, e.g. {"scale": {...}}.
     subresources: dict[str, Any] = field(default_factory=dict)
 
@@ -144,7 +146,48 @@ INFERENCE_SERVICE = CrdDefinition(
     },
 )
 
-CRDS: tuple[CrdDefinition, ...] = (TRAINING_JOB, INFERENCE_SERVICE)
+_RUNTIME_DESCRIPTION = (
+    "A platform team's template for TrainingJobs (image, trainer defaults, resources, RDMA "
+    "network, scheduling, pod template overlay, checkpoint storage) that jobs reference with "
+    "spec.runtimeRef; it can lock fields jobs may not change."
+)
+_RUNTIME_COLUMNS = (
+    {
+        "name": "Locked",
+        "type": "string",
+        "jsonPath": ".spec.locked",
+        "description": "Fields jobs may not change",
+    },
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+)
+TRAINING_RUNTIME = CrdDefinition(
+    kind=runtime.KIND,
+    plural=runtime.PLURAL,
+    description=f"{_RUNTIME_DESCRIPTION} Namespaced: for jobs in its own namespace.",
+    short_names=("trt",),
+    categories=("trainforge", "ml"),
+    spec_model=runtime.TrainingRuntimeSpec,
+    status_model=None,
+    printer_columns=_RUNTIME_COLUMNS,
+)
+CLUSTER_TRAINING_RUNTIME = CrdDefinition(
+    kind=runtime.CLUSTER_KIND,
+    plural=runtime.CLUSTER_PLURAL,
+    description=f"{_RUNTIME_DESCRIPTION} Cluster-scoped: for jobs in every namespace.",
+    short_names=("ctrt",),
+    categories=("trainforge", "ml"),
+    spec_model=runtime.TrainingRuntimeSpec,
+    status_model=None,
+    printer_columns=_RUNTIME_COLUMNS,
+    scope="Cluster",
+)
+
+CRDS: tuple[CrdDefinition, ...] = (
+    TRAINING_JOB,
+    INFERENCE_SERVICE,
+    TRAINING_RUNTIME,
+    CLUSTER_TRAINING_RUNTIME,
+)
 
 
 # --- schema conversion ---------------------------------------------------------------------
@@ -241,7 +284,6 @@ def _key_rule(pattern: str, max_length: int | None) -> dict[str, str]:
 
 def crd_manifest(crd: CrdDefinition) -> dict[str, Any]:
     spec_schema = structural_schema(crd.spec_model)
-    status_schema = structural_schema(crd.status_model)
     root: dict[str, Any] = {
         "type": "object",
         "description": crd.description,
@@ -258,9 +300,10 @@ def crd_manifest(crd: CrdDefinition) -> dict[str, Any]:
                 "properties": {"name": {"type": "string", "maxLength": 253}},
             },
             "spec": spec_schema,
-            "status": status_schema,
         },
     }
+    if crd.status_model is not None:
+        root["properties"]["status"] = structural_schema(crd.status_model)
     if crd.root_rules:
         root["x-kubernetes-validations"] = list(crd.root_rules)
     return {
@@ -269,7 +312,7 @@ def crd_manifest(crd: CrdDefinition) -> dict[str, Any]:
         "metadata": {"name": crd.name},
         "spec": {
             "group": contract.GROUP,
-            "scope": "Namespaced",
+            "scope": crd.scope,
             "names": {
                 "kind": crd.kind,
                 "listKind": f"{crd.kind}List",
@@ -283,7 +326,10 @@ def crd_manifest(crd: CrdDefinition) -> dict[str, Any]:
                     "name": contract.VERSION,
                     "served": True,
                     "storage": True,
-                    "subresources": {"status": {}, **crd.subresources},
+                    "subresources": {
+                        **({"status": {}} if crd.status_model is not None else {}),
+                        **crd.subresources,
+                    },
                     "additionalPrinterColumns": list(crd.printer_columns),
                     "schema": {"openAPIV3Schema": root},
                 }
@@ -318,7 +364,8 @@ def reference_markdown(crds: Sequence[CrdDefinition]) -> str:
         for rule in schema.get("x-kubernetes-validations", []):
             lines.append(f"- Rule: {_rule_text(rule)}")
         for part in ("spec", "status"):
-            _object_tables(lines, f"{crd.kind}.{part}", schema["properties"][part])
+            if part in schema["properties"]:
+                _object_tables(lines, f"{crd.kind}.{part}", schema["properties"][part])
     return "\n".join(lines) + "\n"
 
 

@@ -18,6 +18,8 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
+    field_validator,
     model_validator,
 )
 
@@ -77,7 +79,14 @@ OPERATOR_POD_FIELDS = ("restartPolicy", "hostname", "subdomain")
 # While the job is in one of these phases the gang's shape is fixed: changing it would leave
 # running workers that disagree with the spec about the world they belong to.
 LOCKED_PHASES = ("Running", "Restarting", "Succeeded", "Failed")
-IMMUTABLE_WHILE_RUNNING = ("workers", "procsPerWorker", "resources", "network", "checkpoint")
+IMMUTABLE_WHILE_RUNNING = (
+    "workers",
+    "procsPerWorker",
+    "resources",
+    "network",
+    "checkpoint",
+    "runtimeRef",
+)
 
 Phase = Literal["Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
 GangPolicy = Literal["None", "Volcano", "Coscheduling", "Kueue"]
@@ -338,9 +347,9 @@ class Checkpoint(ApiModel):
     model_config = ConfigDict(
         json_schema_extra=cel_rules(
             cel(
-                "has(self.claimName) != has(self.volumeClaimTemplate)",
+                "!(has(self.claimName) && has(self.volumeClaimTemplate))",
                 "set exactly one of checkpoint.claimName (an existing PVC) or "
-                "checkpoint.volumeClaimTemplate (a PVC the operator creates)",
+                "checkpoint.volumeClaimTemplate (a PVC the operator creates), not both",
             ),
             cel(
                 f"self.mountPath != '{contract.SHM_MOUNT}'",
@@ -369,13 +378,17 @@ class Checkpoint(ApiModel):
     """Number of committed checkpoints to keep; older ones are deleted. Overrides
     trainer.checkpoint.keepLast."""
 
+    @property
+    def has_claim(self) -> bool:
+        return self.claim_name is not None or self.volume_claim_template is not None
+
     @model_validator(mode="after")
     def _one_claim_source(self) -> Checkpoint:
-        if (self.claim_name is None) == (self.volume_claim_template is None):
-            got = "both" if self.claim_name is not None else "neither"
+        # "Neither" is checked by the spec: a runtime may provide the claim (runtimeRef).
+        if self.claim_name is not None and self.volume_claim_template is not None:
             raise ValueError(
                 "set exactly one of checkpoint.claimName (an existing PVC) or "
-                f"checkpoint.volumeClaimTemplate (a PVC the operator creates); got {got}"
+                "checkpoint.volumeClaimTemplate (a PVC the operator creates), not both"
             )
         if self.mount_path == contract.SHM_MOUNT:
             raise ValueError(
@@ -429,7 +442,9 @@ class Gang(ApiModel):
     policy: GangPolicy = "None"
     """None: plain pods. Volcano: a Volcano PodGroup and schedulerName volcano. Coscheduling:
     a scheduler-plugins PodGroup (set schedulerName to your coscheduling scheduler). Kueue:
-    a Kueue pod group admitted through scheduling.queueName."""
+    the job is queued as one Kueue Workload in the LocalQueue scheduling.queueName; no worker
+    exists until Kueue admits it, and a preempted job is stopped gracefully (SIGTERM,
+    checkpoint) and waits for admission again without counting a restart."""
     schedule_timeout_seconds: int | None = Field(default=None, ge=1, le=86_400)
     """Coscheduling: how long the gang may wait for all workers to fit."""
 
@@ -441,6 +456,23 @@ class Gang(ApiModel):
                 f"(policy is {self.policy}); remove it"
             )
         return self
+
+
+TopologyMode = Literal["Required", "Preferred"]
+
+
+class Topology(ApiModel):
+    """Keep the whole gang inside one network domain (a rack, a block): the domain is the
+    value of a node label, so workers talk over the fewest switch hops."""
+
+    key: LabelKey
+    """Node label whose value names the domain, e.g. topology.kubernetes.io/rack or
+    cloud.provider.com/topology-block."""
+    mode: TopologyMode = "Required"
+    """Required: every worker in one domain, or the gang stays Pending (the scheduler's
+    reason is in status). Preferred: one domain when there is room, else spread over
+    several. With gang policy Kueue this is the Workload's topology request
+    (Topology-Aware Scheduling); otherwise pod affinity on the key."""
 
 
 class Scheduling(ApiModel):
@@ -490,6 +522,8 @@ class Scheduling(ApiModel):
     """Queue the gang is admitted through: the Volcano queue or the Kueue LocalQueue."""
     gang: Gang = Field(default_factory=Gang)
     """Gang scheduling policy."""
+    topology: Topology | None = None
+    """Place the gang inside one topology domain (rack, block) by a node label."""
 
     @model_validator(mode="after")
     def _gang_settings_agree(self) -> Scheduling:
@@ -565,6 +599,22 @@ class PodTemplate(ApiModel):
     securityContext, an extra sidecar or volume."""
 
 
+# --- runtime reference ---------------------------------------------------------------------
+
+RuntimeKind = Literal["TrainingRuntime", "ClusterTrainingRuntime"]
+
+
+class RuntimeRef(ApiModel):
+    """The TrainingRuntime or ClusterTrainingRuntime this job takes its defaults from
+    (docs/platform.md)."""
+
+    name: str = Field(max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)
+    """Name of the runtime."""
+    kind: RuntimeKind = "ClusterTrainingRuntime"
+    """ClusterTrainingRuntime (cluster-wide, the platform team's) or TrainingRuntime (in the
+    job's namespace)."""
+
+
 # --- spec ----------------------------------------------------------------------------------
 
 
@@ -603,9 +653,24 @@ class TrainingJobSpec(ApiModel):
                 "most; lower procsPerWorker or request more GPUs",
                 field_path=".procsPerWorker",
             ),
+            cel(
+                "has(self.runtimeRef) || !has(self.checkpoint) || has(self.checkpoint.claimName)"
+                " || has(self.checkpoint.volumeClaimTemplate)",
+                "set exactly one of checkpoint.claimName (an existing PVC) or "
+                "checkpoint.volumeClaimTemplate (a PVC the operator creates), or reference a "
+                "runtime that provides one (spec.runtimeRef)",
+                field_path=".checkpoint",
+            ),
         )
     )
 
+    runtime_ref: RuntimeRef | None = None
+    """Take every field this job does not set from a TrainingRuntime or
+    ClusterTrainingRuntime (image, trainer defaults, resources, network, scheduling,
+    podTemplate, checkpoint). The runtime may lock fields the job must not change. The
+    runtime is read when the job starts and recorded in status.runtime, so editing it later
+    does not change this job (suspend and resume the job to pick up a new version); the
+    resolved spec is status.effectiveSpec. Cannot change while the job runs."""
     workers: int = Field(default=1, ge=1, le=MAX_WORKERS)
     """Number of worker pods (nodes) in the gang."""
     procs_per_worker: int | None = Field(default=None, ge=1, le=128)
@@ -644,6 +709,20 @@ class TrainingJobSpec(ApiModel):
     """Placement and gang scheduling."""
     pod_template: PodTemplate | None = None
     """Overrides merged onto the rendered worker pods."""
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _checkpoint_has_a_claim(
+        cls, checkpoint: Checkpoint | None, info: ValidationInfo
+    ) -> Checkpoint | None:
+        # runtimeRef is declared before checkpoint, so it is validated (in info.data) by now.
+        if checkpoint and not checkpoint.has_claim and info.data.get("runtime_ref") is None:
+            raise ValueError(
+                "set exactly one of checkpoint.claimName (an existing PVC) or "
+                "checkpoint.volumeClaimTemplate (a PVC the operator creates), or reference a "
+                "runtime that provides one (spec.runtimeRef); got neither"
+            )
+        return checkpoint
 
     @model_validator(mode="after")
     def _procs_fit_gpus(self) -> TrainingJobSpec:
@@ -736,6 +815,19 @@ class WorkerNetworks(ApiModel):
     """Its non-default networks, as Multus reports them."""
 
 
+class RuntimeSnapshot(ApiModel):
+    """A copy of the runtime a job started with."""
+
+    kind: RuntimeKind
+    """TrainingRuntime or ClusterTrainingRuntime."""
+    name: str = Field(max_length=253)
+    """Name of the runtime."""
+    generation: int = Field(default=0, ge=0, le=2**53)
+    """The runtime's metadata.generation when the job read it."""
+    spec: dict[str, Any] = Field(default_factory=dict, max_length=8)
+    """The runtime's spec (template and locked fields) when the job read it."""
+
+
 class TrainingJobStatus(ApiModel):
     """Observed state of a TrainingJob, written by the operator."""
 
@@ -770,6 +862,13 @@ class TrainingJobStatus(ApiModel):
     networks: list[WorkerNetworks] | None = Field(default=None, max_length=1024)
     """With spec.network.rdma.networks, while all workers run: the networks Multus attached
     to each one (read back from k8s.v1.cni.cncf.io/network-status)."""
+    runtime: RuntimeSnapshot | None = None
+    """The runtime this job started with (spec.runtimeRef, or the operator's default
+    ClusterTrainingRuntime), as it was then: later edits of the runtime do not change the
+    job."""
+    effective_spec: dict[str, Any] | None = Field(default=None, max_length=64)
+    """The spec the operator runs: the job's spec over its runtime's template (only for jobs
+    with a runtime)."""
 
 
 # --- the whole object ------------------------------------------------------------------------

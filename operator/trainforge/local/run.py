@@ -36,6 +36,8 @@ from rich.table import Table
 
 import trainforge_contract as contract
 from trainforge.api import InvalidSpec, parse_training_job
+from trainforge.api.trainingjob import RuntimeRef
+from trainforge.reconcile.runtime import RuntimeSource, effective_spec
 from trainforge.reconcile.trainingjob import OTHER_CHILD_KINDS, TERMINAL, Observed, PodView, plan
 from trainforge.render.common import RenderSettings
 from trainforge.render.trainingjob import expand_env_references
@@ -297,21 +299,36 @@ class LocalRun:
 
 
 def load_manifest(path: Path) -> dict[str, Any]:
-    """The TrainingJob in `path`, validated by the same models as the API server's schema."""
+    """The TrainingJob in `path`, validated by the same models as the API server's schema;
+    with spec.runtimeRef, resolved over the runtime in the same file (there is no cluster to
+    read it from)."""
     documents = [d for d in yaml.safe_load_all(path.read_text()) if d]
     jobs = [d for d in documents if d.get("kind") == "TrainingJob"]
     if len(jobs) != 1:
         raise SystemExit(f"{path}: expected exactly one TrainingJob, found {len(jobs)}")
     try:
         parsed = parse_training_job(jobs[0])
+        spec = parsed.spec
+        if spec.runtime_ref is not None:
+            spec = effective_spec(jobs[0]["spec"], _runtime_in(path, documents, spec.runtime_ref))
     except InvalidSpec as e:
         raise SystemExit(f"{path}: invalid TrainingJob:\n  " + "\n  ".join(e.messages)) from None
     return {
         "apiVersion": contract.API_VERSION,
         "kind": "TrainingJob",
         "metadata": {"name": parsed.metadata.name},
-        "spec": parsed.spec.to_json(),
+        "spec": spec.to_json(),
     }
+
+
+def _runtime_in(path: Path, documents: list[dict[str, Any]], ref: RuntimeRef) -> RuntimeSource:
+    for doc in documents:
+        if (doc.get("kind"), doc.get("metadata", {}).get("name")) == (ref.kind, ref.name):
+            return RuntimeSource(ref.kind, ref.name, spec=doc.get("spec") or {})
+    raise SystemExit(
+        f"{path}: spec.runtimeRef: {ref.kind} {ref.name} is not in this file; a local run "
+        "reads no cluster, so add the runtime to the file as another YAML document"
+    )
 
 
 def run(path: Path, workdir: Path | None, inject_failure_at_step: int | None) -> int:

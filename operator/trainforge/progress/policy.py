@@ -22,6 +22,28 @@ def next_write_delay(last_write: float | None, now: float, interval: float) -> f
     return max(0.0, last_write + interval - now)
 
 
+# A change of worker counts alone ("2/4 workers running" while the gang starts) waits this
+# long after the last status write: the gang's next phase usually comes first and carries the
+# final counts in one write; a gang that stays part-started still shows its counts this soon.
+# 5 s still let a third of the gangs write a part-started count on a loaded control plane
+# (bench/REPORT.md).
+COUNTS_WRITE_INTERVAL_SECONDS = 10.0
+
+
+def counts_only(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    """True when `new` differs from `old` only in status.workers and the condition messages
+    that quote them: same phase, same condition types, statuses and reasons."""
+    return old != new and _without_counts(old) == _without_counts(new)
+
+
+def _without_counts(status: dict[str, Any]) -> dict[str, Any]:
+    rest = {k: v for k, v in status.items() if k != "workers"}
+    rest["conditions"] = [
+        {k: v for k, v in c.items() if k != "message"} for c in status.get("conditions", [])
+    ]
+    return rest
+
+
 def progress_only(old: dict[str, Any], new: dict[str, Any]) -> bool:
     """True when `new` differs from `old` in progress or checkpoint and nothing else.
     (Conditions are compared without their timestamps; the plan keeps those stable.)"""

@@ -36,9 +36,13 @@ class Memory:
     adds its own create expectations."""
 
     written_status: dict[str, Any] | None = None
-    # (metadata.generation, the spec parsed at it, or why it is invalid): a spec changes only
-    # with the generation, so it is validated once per change, not on every reconcile.
-    spec: tuple[int, Any] | None = None
+    # metadata.resourceVersion of the object our last status write returned: a watch event
+    # carrying exactly that version is our own write, with nothing new to reconcile.
+    written_version: str | None = None
+    # ((metadata.generation, the kind's other inputs), the spec parsed from them, or why it is
+    # invalid): a spec changes only with them, so it is validated once per change, not on every
+    # reconcile.
+    spec: tuple[tuple[int, tuple[Any, ...]], Any] | None = None
 
 
 M = TypeVar("M", bound=Memory)
@@ -54,7 +58,7 @@ class Runner(Generic[M, S]):
         self,
         objects: ObjectLookup,
         new_memory: Callable[[], M],
-        parse_spec: Callable[[Mapping[str, Any]], S],
+        parse_spec: Callable[..., S],
         gauge: metrics.PhaseGauge,
         api: kube.Api,
     ) -> None:
@@ -91,16 +95,17 @@ class Runner(Generic[M, S]):
         """Observe, plan and apply `obj` (its status is the last one written)."""
         raise NotImplementedError
 
-    def spec(self, obj: Mapping[str, Any], memory: M) -> S | InvalidSpec:
-        """The object's spec, parsed once per generation (or why it is invalid)."""
-        generation = int(obj["metadata"].get("generation", 0))
-        if memory.spec is None or memory.spec[0] != generation:
+    def spec(self, obj: Mapping[str, Any], memory: M, *inputs: Any) -> S | InvalidSpec:
+        """The object's spec, parsed once per generation and `inputs` (what else the kind
+        resolves its spec from: a TrainingJob's runtime), or why it is invalid."""
+        key = (int(obj["metadata"].get("generation", 0)), inputs)
+        if memory.spec is None or memory.spec[0] != key:
             parsed: S | InvalidSpec
             try:
-                parsed = self._parse_spec(obj)
+                parsed = self._parse_spec(obj, *inputs)
             except InvalidSpec as e:
                 parsed = e
-            memory.spec = (generation, parsed)
+            memory.spec = (key, parsed)
         result: S | InvalidSpec = memory.spec[1]
         return result
 
@@ -120,6 +125,18 @@ class Runner(Generic[M, S]):
             patch = {**{k: None for k in old_status if k not in status}, **status}
             updated = self.api.patch_status(self.ref(obj), patch)
             memory.written_status = updated.get("status", status)
+            memory.written_version = updated.get("metadata", {}).get("resourceVersion")
+
+    def own_write(self, uid: str, resource_version: str | None) -> bool:
+        """Whether a watched version of the object is the one our last status write made (its
+        event needs no reconcile: this runner already holds that status)."""
+        with self._lock:
+            memory = self._memory.get(uid)
+        return (
+            memory is not None
+            and resource_version is not None
+            and memory.written_version == resource_version
+        )
 
     def forget_all(self) -> None:
         """Leadership changed hands: another replica may have written since our memories."""

@@ -178,7 +178,9 @@ def resolve_model(
             "create it or fix the name",
             stalled=True,
         )
-    checkpoint = (job.get("spec") or {}).get("checkpoint")
+    # A job with a runtime may have its checkpoint volume from the runtime.
+    job_spec = (job.get("status") or {}).get("effectiveSpec") or job.get("spec") or {}
+    checkpoint = job_spec.get("checkpoint")
     if not checkpoint:
         return Resolution(
             None,
@@ -304,7 +306,7 @@ def plan(obs: Observed, settings: RenderSettings) -> Plan:
         ready = Cond(READY, False, "ModelNotLoaded", resolution.message)
         return finish(_kstatus(ready, loaded, stalled))
 
-    ref = InferenceRef(name=name, namespace=namespace, uid=meta["uid"])
+    ref = InferenceRef.from_object(obs.service)
     desired = desired_children(ref, spec, resolution.mount, settings)
     for kind, manifest in desired.by_kind().items():
         have = children.get(kind)

@@ -22,13 +22,21 @@ from typing import Any, ClassVar
 
 import trainforge_contract as contract
 from trainforge import kube, metrics, workqueue
-from trainforge.api import InvalidSpec, TrainingJobSpec
-from trainforge.progress.policy import WRITE_INTERVAL_SECONDS, next_write_delay, progress_only
+from trainforge.api import InvalidSpec, TrainingJobSpec, runtime as runtime_api
+from trainforge.progress.policy import (
+    COUNTS_WRITE_INTERVAL_SECONDS,
+    WRITE_INTERVAL_SECONDS,
+    counts_only,
+    next_write_delay,
+    progress_only,
+)
 from trainforge.progress.store import Report
 from trainforge.reconcile import core
 from trainforge.reconcile.children import Problem, write_child
 from trainforge.reconcile.common import parse_time
 from trainforge.reconcile.core import Key
+from trainforge.reconcile.kueue import KueueView
+from trainforge.reconcile.runtime import RuntimeSource
 from trainforge.reconcile.trainingjob import (
     TERMINAL,
     Observed,
@@ -38,6 +46,12 @@ from trainforge.reconcile.trainingjob import (
     plan,
 )
 from trainforge.render.common import RenderSettings
+from trainforge.render.kueue import (
+    PRIORITY_CLASS_API_VERSION,
+    RESOURCE_FLAVOR_API_VERSION,
+    WORKLOAD_API_VERSION,
+    kueue_managed,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +71,13 @@ class ChildRecord:
 
 
 ChildrenLookup = Callable[[Key], list[ChildRecord]]
+
+
+def _controlled_by(obj: Mapping[str, Any], uid: str) -> bool:
+    return any(
+        o.get("uid") == uid and o.get("controller")
+        for o in obj.get("metadata", {}).get("ownerReferences", [])
+    )
 
 
 def child_record(obj: Mapping[str, Any]) -> ChildRecord:
@@ -99,7 +120,9 @@ class TrainingJobRunner(core.Runner[Memory, TrainingJobSpec]):
         settings: RenderSettings,
         api: kube.Api = kube,
         live: Callable[[str], Report | None] = lambda uid: None,
+        kueue: bool = False,
     ) -> None:
+        self._kueue = kueue  # run --kueue: gang policy Kueue goes through Workloads
         super().__init__(jobs, Memory, parse_spec, metrics.TRAININGJOBS, api)
         self._live = live  # live progress hook: the newest pushed report of a job uid
         self._pods = pods
@@ -111,7 +134,8 @@ class TrainingJobRunner(core.Runner[Memory, TrainingJobSpec]):
         attempt = int(status.get("restartAttempt", 0))
         if attempt != memory.attempt:
             memory.attempt, memory.created_pods = attempt, {}
-        spec = self.spec(job, memory)
+        runtime = self._observe_runtime(job, status)
+        spec = self.spec(job, memory, runtime)
         observed = Observed(
             job=job,
             pods=self._observe_pods(job, memory),
@@ -119,8 +143,10 @@ class TrainingJobRunner(core.Runner[Memory, TrainingJobSpec]):
             missing_references=self._missing_references(job, status, spec),
             children_present=self._children_present(job, memory),
             rejected=memory.rejected,
+            runtime=runtime,
             spec=spec,
             live=self._live(job["metadata"]["uid"]),
+            kueue=self._observe_kueue(job, spec),
         )
         result = plan(observed, self._settings)
         before = memory.rejected
@@ -129,7 +155,34 @@ class TrainingJobRunner(core.Runner[Memory, TrainingJobSpec]):
             return 0.0  # report what changed (a new refusal, or that it is gone) at once
         if memory.rejected:
             raise workqueue.Backoff(memory.rejected[0][1], result.requeue_after)
+        if isinstance(spec, InvalidSpec) and runtime is not None and not runtime.from_snapshot:
+            # Nothing watches runtimes: look again, less and less often, until it is fixed.
+            raise workqueue.Backoff(spec.messages[0], result.requeue_after)
         return result.requeue_after
+
+    def _observe_runtime(self, job: dict[str, Any], status: dict[str, Any]) -> RuntimeSource | None:
+        """The job's runtime: the snapshot in status.runtime once the job has one (a later edit
+        of the runtime never changes a started job), read from the API server before that,
+        and again while the job is suspended (resuming picks up the runtime's new version)."""
+        spec = job.get("spec") or {}
+        ref = spec.get("runtimeRef")
+        if ref is None:
+            if not self._settings.default_runtime:
+                return None
+            ref = {"kind": runtime_api.CLUSTER_KIND, "name": self._settings.default_runtime}
+        kind, name = ref.get("kind", runtime_api.CLUSTER_KIND), ref["name"]
+        snapshot = status.get("runtime") or {}
+        if (snapshot.get("kind"), snapshot.get("name")) == (kind, name) and not spec.get("suspend"):
+            return RuntimeSource(
+                kind, name, snapshot.get("generation", 0), snapshot.get("spec", {}), True
+            )
+        namespace = job["metadata"]["namespace"] if kind == runtime_api.KIND else ""
+        found = self.api.get(kube.Ref(contract.API_VERSION, kind, namespace, name))
+        if found is None:
+            return RuntimeSource(kind, name)
+        return RuntimeSource(
+            kind, name, int(found["metadata"].get("generation", 0)), found.get("spec") or {}
+        )
 
     def _observe_pods(self, job: dict[str, Any], memory: Memory) -> list[PodView]:
         meta = job["metadata"]
@@ -143,6 +196,37 @@ class TrainingJobRunner(core.Runner[Memory, TrainingJobSpec]):
             if name in names:
                 del memory.created_pods[name]
         return seen + list(memory.created_pods.values())
+
+    def _observe_kueue(
+        self, job: dict[str, Any], spec: TrainingJobSpec | InvalidSpec
+    ) -> KueueView | None:
+        """Gang policy Kueue: the job's Workload (read fresh: its admission decides whether
+        workers may exist), the ResourceFlavors its admission names and the job's
+        PriorityClass value, which the Workload carries for Kueue's preemption."""
+        if not self._kueue or isinstance(spec, InvalidSpec) or not kueue_managed(spec):
+            return None
+        meta = job["metadata"]
+        ref = kube.Ref(WORKLOAD_API_VERSION, "Workload", meta["namespace"], meta["name"])
+        found = self.api.get(ref)
+        workload = found if found and _controlled_by(found, meta["uid"]) else None
+        admission = (workload or {}).get("status", {}).get("admission") or {}
+        names = {
+            name
+            for assignment in admission.get("podSetAssignments", [])
+            for name in assignment.get("flavors", {}).values()
+        }
+        flavors = {}
+        for name in sorted(names):
+            flavor = self.api.get(kube.Ref(RESOURCE_FLAVOR_API_VERSION, "ResourceFlavor", "", name))
+            flavors[name] = (flavor or {}).get("spec", {})
+        priority = None
+        pclass_name = spec.scheduling.priority_class_name
+        if workload is None and pclass_name is not None:
+            pclass = self.api.get(
+                kube.Ref(PRIORITY_CLASS_API_VERSION, "PriorityClass", "", pclass_name)
+            )
+            priority = int(pclass["value"]) if pclass else None
+        return KueueView(workload, flavors, priority)
 
     def _children_present(self, job: dict[str, Any], memory: Memory) -> frozenset[str]:
         meta = job["metadata"]
@@ -249,6 +333,7 @@ class TrainingJobRunner(core.Runner[Memory, TrainingJobSpec]):
                 memory.created_pods[view.name] = view
             else:
                 memory.created_kinds.add(kind)
+        self._apply_workload(job, result)
         if not status_first:
             self._write_status(job, old_status, result, memory)
         for type_, reason, message in result.events:
@@ -261,14 +346,34 @@ class TrainingJobRunner(core.Runner[Memory, TrainingJobSpec]):
             )
             self.api.delete(self.ref(job), uid=meta["uid"])
 
+    def _apply_workload(self, job: dict[str, Any], result: Plan) -> None:
+        meta = job["metadata"]
+        ref = kube.Ref(WORKLOAD_API_VERSION, "Workload", meta["namespace"], meta["name"])
+        if result.workload_create is not None:
+            self.api.create(result.workload_create)
+        if result.workload_delete is not None:
+            self.api.delete(ref, uid=result.workload_delete or None)
+        if result.workload_active is not None:
+            self.api.patch(ref, {"spec": {"active": result.workload_active}})
+        if result.workload_status is not None:
+            self.api.patch_status(ref, result.workload_status)
+
     def _write_status(
         self, job: dict[str, Any], old_status: dict[str, Any], result: Plan, memory: Memory
     ) -> None:
         """The core's status write, except that a change of live progress alone waits for the
-        per-job write interval (progress/policy.py)."""
+        per-job write interval, and a change of worker counts alone for a shorter one
+        (progress/policy.py): a starting gang is written Pending, then Running."""
         if result.status == old_status:
             return
-        if progress_only(old_status, result.status):
+        if counts_only(old_status, result.status):
+            wait = next_write_delay(
+                memory.last_write, time.monotonic(), COUNTS_WRITE_INTERVAL_SECONDS
+            )
+            if wait > 0:
+                result.requeue_after = min(wait, result.requeue_after or wait)
+                return
+        elif progress_only(old_status, result.status):
             wait = next_write_delay(memory.last_write, time.monotonic(), WRITE_INTERVAL_SECONDS)
             if wait > 0:
                 metrics.PROGRESS_STATUS_WRITES.labels("postponed").inc()

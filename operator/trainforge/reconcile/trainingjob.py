@@ -21,12 +21,14 @@ from typing import Any
 from pydantic import ValidationError
 
 import trainforge_contract as contract
-from trainforge.api import InvalidSpec, TrainingJobSpec, parse_training_job_spec
+from trainforge.api import InvalidSpec, TrainingJobSpec
 from trainforge.api.common import ApiModel
 from trainforge.api.trainingjob import CheckpointStatus, Progress
 from trainforge.reconcile import common
+from trainforge.reconcile.kueue import KueueView
 from trainforge.reconcile.pods import cannot_start
 from trainforge.reconcile.rdma import NETWORK_STATUS_ANNOTATION, Attachments, parse_network_status
+from trainforge.reconcile.runtime import RuntimeSource, effective_spec
 from trainforge.reconcile.trainingjob_policies import Context, decide
 from trainforge.reconcile.trainingjob_policies.context import (
     CONDITION_TYPES as CONDITION_TYPES,
@@ -169,11 +171,16 @@ class Observed:
     # server refused one (validation, an admission plugin) or its name is taken by an object
     # this job does not control (reconcile/children.py).
     rejected: list[tuple[str, str]] = field(default_factory=list)
-    # The spec as the runner parsed it (once per generation), or why it is invalid; None:
-    # the plan parses it.
+    # The runtime the job resolves against (reconcile/runtime.py): its snapshot in status, or
+    # as read when the job starts; None: the job has no runtime.
+    runtime: RuntimeSource | None = None
+    # The effective spec as the runner parsed it (once per generation and runtime), or why it
+    # is invalid; None: the plan parses it.
     spec: TrainingJobSpec | InvalidSpec | None = None
     # The newest pushed live report (restart attempt, sanitised record): progress/store.py.
     live: tuple[int, dict[str, Any]] | None = None
+    # Gang policy Kueue: the job's Workload and what its admission refers to; None otherwise.
+    kueue: KueueView | None = None
 
 
 @dataclass
@@ -183,10 +190,17 @@ class Plan(common.Plan):
     delete_job: bool = False
     counted_restart: bool = False
     became_running: bool = False
+    # Gang policy Kueue (reconcile/kueue.py): the Workload to create, the spec.active to set,
+    # the status patch to write, the uid of a stale one to delete.
+    workload_create: dict[str, Any] | None = None
+    workload_delete: str | None = None
+    workload_active: bool | None = None
+    workload_status: dict[str, Any] | None = None
 
 
-def parse_spec(job: Mapping[str, Any]) -> TrainingJobSpec:
-    return parse_training_job_spec(job.get("spec", {}))
+def parse_spec(job: Mapping[str, Any], runtime: RuntimeSource | None) -> TrainingJobSpec:
+    """The spec the operator runs: the job's over its runtime's template (reconcile/runtime.py)."""
+    return effective_spec(job.get("spec", {}), runtime)
 
 
 def plan(obs: Observed, settings: RenderSettings) -> Plan:

@@ -30,6 +30,8 @@ class RenderSettings:
     """Trainer image for jobs without spec.image."""
     progress_url: str = ""
     """Where rank 0 pushes live progress (the operator's progress endpoint); empty: no push."""
+    default_runtime: str = ""
+    """ClusterTrainingRuntime for jobs without spec.runtimeRef; empty: none."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 pods (labels, annotations, scheduler name) and the PodGroup object it needs, if any.
 
 Each entry follows the integration's own API contract (Volcano, scheduler-plugins'
-Coscheduling, Kueue's plain pod groups); adding one is one entry here.
+Coscheduling); adding one is one entry here. Kueue is not here: it admits the whole job
+through a Workload the operator owns (render/kueue.py), so its pods carry nothing of Kueue's.
 """
 
 from __future__ import annotations
@@ -18,9 +19,6 @@ VOLCANO_SCHEDULER = "volcano"
 VOLCANO_GROUP_ANNOTATION = "scheduling.k8s.io/group-name"
 COSCHEDULING_API_VERSION = "scheduling.x-k8s.io/v1alpha1"
 COSCHEDULING_GROUP_LABEL = "scheduling.x-k8s.io/pod-group"
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-KUEUE_GROUP_LABEL = "kueue.x-k8s.io/pod-group-name"
-KUEUE_GROUP_COUNT_ANNOTATION = "kueue.x-k8s.io/pod-group-total-count"
 
 # (group name, spec) -> labels or annotations on every worker pod.
 PodMetadata = Callable[[str, TrainingJobSpec], dict[str, str]]
@@ -63,13 +61,6 @@ def _coscheduling_group(spec: TrainingJobSpec) -> dict[str, Any]:
     return group
 
 
-def _kueue_labels(group: str, spec: TrainingJobSpec) -> dict[str, str]:
-    labels = {KUEUE_GROUP_LABEL: group}
-    if spec.scheduling.queue_name is not None:
-        labels[KUEUE_QUEUE_LABEL] = spec.scheduling.queue_name
-    return labels
-
-
 GANGS: dict[str, Gang] = {
     "Volcano": Gang(
         annotations=lambda group, spec: {VOLCANO_GROUP_ANNOTATION: group},
@@ -82,14 +73,10 @@ GANGS: dict[str, Gang] = {
         pod_group_api_version=COSCHEDULING_API_VERSION,
         pod_group_spec=_coscheduling_group,
     ),
-    "Kueue": Gang(
-        labels=_kueue_labels,
-        annotations=lambda group, spec: {KUEUE_GROUP_COUNT_ANNOTATION: str(spec.workers)},
-    ),
 }
 NO_GANG = Gang()
 
 
 def gang(spec: TrainingJobSpec) -> Gang:
-    """The integration of spec.scheduling.gang.policy (policy None: nothing to add)."""
+    """The integration of spec.scheduling.gang.policy (None and Kueue: nothing on the pods)."""
     return GANGS.get(spec.scheduling.gang.policy, NO_GANG)

@@ -369,27 +369,41 @@ def _tolerations(spec: TrainingJobSpec) -> list[dict[str, Any]]:
 
 
 def _affinity(job_name: str, spec: TrainingJobSpec, attempt: int) -> dict[str, Any] | None:
-    affinity = spec.scheduling.affinity
-    if not spec.scheduling.spread_workers:
-        return dict(affinity) if affinity is not None else None
-    # Only this attempt's workers repel each other: terminating pods of the previous attempt
-    # must not keep the new gang off their nodes.
-    spread = {
-        "podAntiAffinity": {
-            "requiredDuringSchedulingIgnoredDuringExecution": [
-                {
-                    "labelSelector": {
-                        "matchLabels": {
-                            contract.LABEL_JOB_NAME: job_name,
-                            contract.LABEL_RESTART_ATTEMPT: str(attempt),
-                        }
-                    },
-                    "topologyKey": HOSTNAME_TOPOLOGY_KEY,
-                }
-            ]
+    affinity = dict(spec.scheduling.affinity) if spec.scheduling.affinity is not None else None
+    # Only this attempt's workers attract or repel each other: terminating pods of the
+    # previous attempt must neither pull the new gang to their rack nor keep it off a node.
+    gang_pods = {
+        "labelSelector": {
+            "matchLabels": {
+                contract.LABEL_JOB_NAME: job_name,
+                contract.LABEL_RESTART_ATTEMPT: str(attempt),
+            }
         }
     }
-    return merge(affinity or {}, spread)
+    if spec.scheduling.spread_workers:
+        spread = {
+            "podAntiAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": [
+                    {**gang_pods, "topologyKey": HOSTNAME_TOPOLOGY_KEY}
+                ]
+            }
+        }
+        affinity = merge(affinity or {}, spread)
+    topology = spec.scheduling.topology
+    # Under Kueue the topology is the Workload's request instead (render/kueue.py).
+    if topology is not None and spec.scheduling.gang.policy != "Kueue":
+        term = {**gang_pods, "topologyKey": topology.key}
+        together = (
+            {"requiredDuringSchedulingIgnoredDuringExecution": [term]}
+            if topology.mode == "Required"
+            else {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {"weight": 100, "podAffinityTerm": term}
+                ]
+            }
+        )
+        affinity = merge(affinity or {}, {"podAffinity": together})
+    return affinity
 
 
 def _rdma_annotations(spec: TrainingJobSpec) -> dict[str, str]:

@@ -14,12 +14,15 @@ from trainforge.reconcile.trainingjob_policies.deadline import deadline
 from trainforge.reconcile.trainingjob_policies.failure import failure
 from trainforge.reconcile.trainingjob_policies.finished import finished
 from trainforge.reconcile.trainingjob_policies.invalid_spec import invalid_spec
+from trainforge.reconcile.trainingjob_policies.kueue_admission import kueue_admission
+from trainforge.reconcile.trainingjob_policies.kueue_workload import kueue_workload
 from trainforge.reconcile.trainingjob_policies.lost_workers import lost_workers
 from trainforge.reconcile.trainingjob_policies.pending import pending
 from trainforge.reconcile.trainingjob_policies.previous_gang import previous_gang
 from trainforge.reconcile.trainingjob_policies.progress import record_progress
 from trainforge.reconcile.trainingjob_policies.references import missing_references
 from trainforge.reconcile.trainingjob_policies.running import running
+from trainforge.reconcile.trainingjob_policies.runtime import runtime_problem
 from trainforge.reconcile.trainingjob_policies.spec_change import spec_change
 from trainforge.reconcile.trainingjob_policies.stale import delete_stale
 from trainforge.reconcile.trainingjob_policies.success import success
@@ -27,10 +30,13 @@ from trainforge.reconcile.trainingjob_policies.suspend import suspend
 
 POLICIES: tuple[Policy, ...] = (
     record_progress,  # keeps the newest progress and checkpoint workers reported
+    runtime_problem,  # runtime missing, invalid, or a locked field overridden
     invalid_spec,
+    kueue_workload,  # gang policy Kueue: the Workload follows the job (never decides)
     finished,  # Succeeded and Failed are sticky; TTL after finishing
     delete_stale,  # pods of an older attempt go
     suspend,
+    kueue_admission,  # gang policy Kueue: workers only while the Workload is admitted
     deadline,  # activeDeadlineSeconds
     failure,  # exit codes, disruptions, maxRestarts
     lost_workers,  # deleted, evicted, node gone

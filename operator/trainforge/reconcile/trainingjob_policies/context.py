@@ -14,9 +14,10 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import trainforge_contract as contract
-from trainforge.api import InvalidSpec, TrainingJobSpec, parse_training_job_spec
+from trainforge.api import TrainingJobSpec
 from trainforge.reconcile.common import parse_time, rfc3339
 from trainforge.reconcile.conditions import Cond, merge_conditions, stalled_event
+from trainforge.reconcile.runtime import parse_effective_spec
 from trainforge.render.common import RenderSettings
 from trainforge.render.trainingjob import DesiredChildren, JobRef, desired_children
 
@@ -57,15 +58,21 @@ class Context:
         )
         self.current = [p for p in obs.pods if p.attempt == self.attempt and not p.deleting]
         self.stale = [p for p in obs.pods if p.attempt != self.attempt and not p.deleting]
-        # Parsed once per reconcile; the first policy reports an invalid spec.
-        parsed = obs.spec
-        if parsed is None:
-            try:
-                parsed = parse_training_job_spec(self.job.get("spec", {}))
-            except InvalidSpec as e:
-                parsed = e
-        self.spec_error = parsed if isinstance(parsed, InvalidSpec) else None
-        self._spec = None if isinstance(parsed, InvalidSpec) else parsed
+        # Parsed once per reconcile (over the runtime's template, when the job has one); the
+        # first policies report an invalid spec or runtime.
+        parsed = obs.spec or parse_effective_spec(self.job.get("spec", {}), obs.runtime)
+        self.spec_error = None if isinstance(parsed, TrainingJobSpec) else parsed
+        self._spec = parsed if isinstance(parsed, TrainingJobSpec) else None
+        if obs.runtime is not None and (self._spec is not None or obs.runtime.from_snapshot):
+            # What `kubectl get tj -o yaml` shows: the runtime as the job started with it (kept
+            # while a job edit is refused, so fixing the job cannot pick up a newer runtime),
+            # and the spec that results. A runtime read that failed is not kept: the next
+            # reconcile reads it again.
+            self.status["runtime"] = obs.runtime.snapshot()
+            if self._spec is not None:
+                self.status["effectiveSpec"] = self._spec.to_json()
+            elif "effectiveSpec" in self.old:
+                self.status["effectiveSpec"] = self.old["effectiveSpec"]
 
     @property
     def spec(self) -> TrainingJobSpec:
@@ -75,8 +82,9 @@ class Context:
     @cached_property
     def children(self) -> DesiredChildren:
         """Every child the job should have at this attempt, rendered once."""
-        ref = JobRef(name=self.meta["name"], namespace=self.meta["namespace"], uid=self.meta["uid"])
-        return desired_children(ref, self.spec, self.attempt, self.settings)
+        return desired_children(
+            JobRef.from_object(self.job), self.spec, self.attempt, self.settings
+        )
 
     def finish(self, phase: str, conditions: list[Cond]) -> Plan:
         old_conditions = self.old.get("conditions", [])
