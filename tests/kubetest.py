@@ -97,17 +97,11 @@ def free_port() -> int:
 
 
 @dataclass
-class Operator:
-    """`trainforge run` as a subprocess, as a user would start it (loopback endpoints)."""
+class Process:
+    """A program the tests started, with its output in `log`."""
 
     process: subprocess.Popen[bytes]
     log: Path
-    metrics_port: int
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup, as when a node dies under the operator."""
-        self.process.kill()
-        self.process.wait(timeout=30)
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -120,6 +114,18 @@ class Operator:
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+@dataclass
+class Operator(Process):
+    """`trainforge run` as a subprocess, as a user would start it (loopback endpoints)."""
+
+    metrics_port: int
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup, as when a node dies under the operator."""
+        self.process.kill()
+        self.process.wait(timeout=30)
 
 
 def start_operator(

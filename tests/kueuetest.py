@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from kubetest import REPO, Kubectl, free_port, wait_for
+from kubetest import REPO, Kubectl, Process, free_port, wait_for
 
 EXTERNAL_FRAMEWORK = "TrainingJob.v1alpha1.trainforge.io"
 
@@ -36,22 +37,8 @@ def kueue_dir() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-@dataclass
-class Kueue:
-    process: subprocess.Popen[bytes]
-    log: Path
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=30)
-
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")
+class Kueue(Process):
+    """Kueue's manager, a host process on the test control plane."""
 
 
 def install_crds(kubectl: Kubectl) -> None:
@@ -122,3 +109,16 @@ def start_kueue(kubeconfig: Path, workdir: Path) -> Kueue:
 
     wait_for(ready, "Kueue's readiness probe", timeout=120, interval=0.5)
     return kueue
+
+
+@contextmanager
+def running_kueue(kubeconfig: Path, kubectl: Kubectl, workdir: Path) -> Iterator[Kueue]:
+    """Kueue's CRDs installed and its manager running, stopped at the end; a panic in its log
+    fails the test."""
+    install_crds(kubectl)
+    manager = start_kueue(kubeconfig, workdir)
+    try:
+        yield manager
+    finally:
+        manager.stop()
+    assert "panic" not in manager.logs(), manager.logs()[-5000:]

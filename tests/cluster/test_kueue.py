@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from kubetest import Cluster, Kubectl, Operator, start_operator, wait_for
-from kueuetest import Kueue, install_crds, start_kueue
+from kueuetest import Kueue, running_kueue
 
 GPU = "nvidia.com/gpu"
 
@@ -26,11 +26,8 @@ GPU = "nvidia.com/gpu"
 def kueue(
     cluster: Cluster, kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Kueue]:
-    install_crds(kubectl)
-    manager = start_kueue(cluster.kubeconfig, tmp_path_factory.mktemp("kueue"))
-    yield manager
-    manager.stop()
-    assert "panic" not in manager.logs(), manager.logs()[-5000:]
+    with running_kueue(cluster.kubeconfig, kubectl, tmp_path_factory.mktemp("kueue")) as manager:
+        yield manager
 
 
 @pytest.fixture(scope="module")

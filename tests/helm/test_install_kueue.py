@@ -17,7 +17,7 @@ from helmtest import Call, Permission, RecordingProxy, admin_server_and_ca, plai
 from test_install import SA, Release, install
 
 from kubetest import Cluster, Kubectl, start_operator, wait_for
-from kueuetest import Kueue, install_crds, start_kueue
+from kueuetest import Kueue, running_kueue
 
 pytestmark = pytest.mark.cluster
 
@@ -36,10 +36,8 @@ KUEUE_GRANTS = {
 def kueue(
     cluster: Cluster, kubectl: Kubectl, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Kueue]:
-    install_crds(kubectl)
-    manager = start_kueue(cluster.kubeconfig, tmp_path_factory.mktemp("kueue"))
-    yield manager
-    manager.stop()
+    with running_kueue(cluster.kubeconfig, kubectl, tmp_path_factory.mktemp("kueue")) as manager:
+        yield manager
 
 
 @pytest.fixture(scope="module")
