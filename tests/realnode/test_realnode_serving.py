@@ -23,8 +23,10 @@ from kubetest import Cluster, Kubectl, wait_for
 # The session's first test also waits for the real node and any image rebuild.
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(1800)]
 
-# Long enough to train through the whole test; checkpoints often enough to see a newer one.
-STEPS, EVERY = 3000, 100
+# Far more steps than the test lasts (an idle machine trains ~40 steps/s: 3,000 steps once
+# ended before the server came up); the namespace's teardown stops the job. Checkpoints often
+# enough to see a newer one.
+STEPS, EVERY = 100_000, 100
 
 
 def inference_service(name: str, job: str) -> str:
