@@ -8,14 +8,12 @@ directory, and stops at the end. Set TRAINFORGE_KUBECONFIG to the kubeconfig of 
 from __future__ import annotations
 
 import os
-import re
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from kubetest import REPO, Cluster, Kubectl, control_plane, make_kubectl, wait_for
+from kubetest import REPO, Cluster, Kubectl, control_plane, fresh_namespace, make_kubectl
 
 
 @pytest.fixture(scope="session")
@@ -42,12 +40,5 @@ def kubectl(cluster: Cluster) -> Kubectl:
 @pytest.fixture
 def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace for one test, deleted afterwards."""
-    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
-    name = f"{slug}-{uuid.uuid4().hex[:5]}"
-    kubectl("create", "namespace", name)
-    wait_for(
-        lambda: kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
-        "the namespace's default ServiceAccount",
-    )
-    yield name
-    kubectl("delete", "namespace", name, "--wait=false", check=False)
+    with fresh_namespace(kubectl, request.node.name) as name:
+        yield name

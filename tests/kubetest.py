@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -88,6 +90,23 @@ def wait_for(
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@contextmanager
+def fresh_namespace(kubectl: Kubectl, test_name: str) -> Iterator[str]:
+    """A namespace named after the test, ready for pods (its default ServiceAccount exists),
+    deleted afterwards without waiting (its pods stop in the background)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", test_name.lower()).strip("-")[:40].strip("-")
+    name = f"{slug}-{uuid.uuid4().hex[:5]}"
+    kubectl("create", "namespace", name)
+    wait_for(
+        lambda: kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
+        "the namespace's default ServiceAccount",
+    )
+    try:
+        yield name
+    finally:
+        kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
 def free_port() -> int:

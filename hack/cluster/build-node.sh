@@ -8,6 +8,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
 source "$here/versions.env"
+# shellcheck source=kubernetes-commands.sh
+source "$here/kubernetes-commands.sh"
 
 cache_root=${TRAINFORGE_CACHE:-$HOME/.cache/trainforge}
 key="node_k8s-${K8S_VERSION}_coredns-${COREDNS_VERSION}_kube-proxy"
@@ -27,46 +29,8 @@ trap 'rm -rf "$work"' EXIT
 start=$(date +%s)
 log() { echo "[build-node $(($(date +%s) - start))s] $*" >&2; }
 
-staging_version="v0${K8S_VERSION#v1}"   # v1.33.13 -> v0.33.13
-mkdir -p "$work/kubelet" "$work/coredns" "$work/bin"
-cd "$work/kubelet"
-cat > go.mod <<MOD
-module trainforge.io/node-build
-
-go 1.24.0
-
-require k8s.io/kubernetes $K8S_VERSION
-MOD
-log "resolving k8s.io/kubernetes@$K8S_VERSION"
-go mod download -json "k8s.io/kubernetes@$K8S_VERSION" > kmod.json
-read -r k8s_gomod k8s_dir < <(python3 -c 'import json; m=json.load(open("kmod.json")); print(m["GoMod"], m["Dir"])')
-{
-  echo "replace ("
-  awk '/^replace \(/{r=1;next} r&&/^\)/{r=0} r&&/=> \.\/staging/{print "\t"$1" => "$1" '"$staging_version"'"}' "$k8s_gomod"
-  echo ")"
-} >> go.mod
-cat > tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-proxy"
-	_ "k8s.io/kubernetes/cmd/kubelet"
-)
-GO
-GOFLAGS=-mod=mod go mod tidy >&2
-ver=${K8S_VERSION#v}
-ldflags="-s -w"
-for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=${ver%%.*}"
-  ldflags+=" -X $pkg.gitMinor=$(echo "$ver" | cut -d. -f2) -X $pkg.gitTreeState=clean"
-  ldflags+=" -X $pkg.buildDate=1970-01-01T00:00:00Z"
-done
-for cmd in kubelet kube-proxy; do
-  log "building $cmd"
-  CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$work/bin/$cmd" "k8s.io/kubernetes/cmd/$cmd"
-done
+mkdir -p "$work/coredns"
+build_kubernetes_commands "$work/kubelet" "$work/bin" trainforge.io/node-build kubelet kube-proxy
 
 log "building pause"
 gcc -Os -Wall -Werror -static -DVERSION="trainforge-$K8S_VERSION" \

@@ -6,6 +6,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
 source "$here/versions.env"
+# shellcheck source=kubernetes-commands.sh
+source "$here/kubernetes-commands.sh"
 
 cache_root=${TRAINFORGE_CACHE:-$HOME/.cache/trainforge}
 key="k8s-${K8S_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
@@ -21,50 +23,8 @@ trap 'rm -rf "$work"' EXIT
 start=$(date +%s)
 log() { echo "[build $(($(date +%s) - start))s] $*" >&2; }
 
-staging_version="v0${K8S_VERSION#v1}"   # v1.33.13 -> v0.33.13
-mkdir -p "$work/src" "$work/bin"
-cd "$work/src"
-cat > go.mod <<MOD
-module trainforge.io/cluster-build
-
-go 1.24.0
-
-require k8s.io/kubernetes $K8S_VERSION
-MOD
-# k8s.io/kubernetes replaces its staging modules with local paths, which only apply inside
-# its own repo; here every one of them is replaced with its published release instead.
-log "resolving k8s.io/kubernetes@$K8S_VERSION"
-go mod download -json "k8s.io/kubernetes@$K8S_VERSION" > kmod.json
-k8s_gomod=$(python3 -c 'import json,sys; print(json.load(open("kmod.json"))["GoMod"])')
-{
-  echo "replace ("
-  awk '/^replace \(/{r=1;next} r&&/^\)/{r=0} r&&/=> \.\/staging/{print "\t"$1" => "$1" '"$staging_version"'"}' "$k8s_gomod"
-  echo ")"
-} >> go.mod
-cat > tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
-	_ "k8s.io/kubernetes/cmd/kube-scheduler"
-)
-GO
-GOFLAGS=-mod=mod go mod tidy >&2
-
-ver=${K8S_VERSION#v}
-ldflags="-s -w"
-for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=${ver%%.*}"
-  ldflags+=" -X $pkg.gitMinor=$(echo "$ver" | cut -d. -f2) -X $pkg.gitTreeState=clean"
-  ldflags+=" -X $pkg.buildDate=1970-01-01T00:00:00Z"
-done
-for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
-  log "building $cmd"
-  CGO_ENABLED=0 go build -trimpath -ldflags "$ldflags" -o "$work/bin/$cmd" "k8s.io/kubernetes/cmd/$cmd"
-done
+build_kubernetes_commands "$work/src" "$work/bin" trainforge.io/cluster-build \
+  kube-apiserver kube-controller-manager kube-scheduler
 log "building kwok $KWOK_VERSION"
 CGO_ENABLED=0 GOBIN="$work/bin" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
 log "building helm $HELM_VERSION"

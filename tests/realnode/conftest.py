@@ -11,11 +11,9 @@ Only one real node may run per machine; TRAINFORGE_REAL_KUBECONFIG reuses a runn
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import pytest
 import yaml
 from realnode_helpers import Images, built_images, describe_pods
 
-from kubetest import REPO, Cluster, Kubectl, make_kubectl, wait_for
+from kubetest import REPO, Cluster, Kubectl, fresh_namespace, make_kubectl
 
 CLUSTER_SCRIPT = REPO / "hack" / "cluster" / "cluster.py"
 
@@ -110,15 +108,8 @@ def real_kubectl(real_cluster: Cluster) -> Kubectl:
 @pytest.fixture
 def real_namespace(real_kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]:
     """A fresh namespace for one test, deleted afterwards (its pods stop on the node)."""
-    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
-    name = f"{slug}-{uuid.uuid4().hex[:5]}"
-    real_kubectl("create", "namespace", name)
-    wait_for(
-        lambda: real_kubectl("get", "sa", "default", "-n", name, check=False).returncode == 0,
-        "the namespace's default ServiceAccount",
-    )
-    yield name
-    real_kubectl("delete", "namespace", name, "--wait=false", check=False)
+    with fresh_namespace(real_kubectl, request.node.name) as name:
+        yield name
 
 
 CHART = REPO / "helm" / "trainforge"
